@@ -4,12 +4,16 @@ and rejects the typical mistakes with feedback that names them."""
 from collections import Counter
 
 import pytest
+import torch
 
 from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
+from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
+from course_lib.exercises.solutions import lesson02 as sol02
+from course_lib.positional import sinusoidal_encoding
 
 
 def stub(*args):
@@ -178,5 +182,44 @@ def test_merge_stub_is_not_attempted():
 ])  # fmt: skip
 def test_merge_rejects_typical_mistakes(attempt, feedback):
     result = ex01.check_merge(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+# --- lesson 02 -----------------------------------------------------------------------------------
+
+
+def _pe(n, dim, base=10000.0, step=2, f_even=torch.sin, f_odd=torch.cos, layout="interleave"):
+    i = torch.arange(0, dim, 2).double() if step == 2 else torch.arange(dim // 2).double()
+    angle = torch.arange(n).double()[:, None] / base ** (i / dim)
+    even, odd = f_even(angle), f_odd(angle)
+    if layout == "halves":
+        return torch.cat([even, odd], dim=-1).float()
+    return torch.stack([even, odd], dim=-1).flatten(-2).float()
+
+
+def test_sinusoidal_encoding_accepts_solution_and_course_lib():
+    assert ex02.check_sinusoidal_encoding(sol02.sinusoidal_encoding).passed
+    assert ex02.check_sinusoidal_encoding(sinusoidal_encoding).passed
+
+
+def test_sinusoidal_encoding_stub_is_not_attempted():
+    assert ex02.check_sinusoidal_encoding(stub).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda n, d: _pe(n, d, f_even=torch.cos, f_odd=torch.sin), "swapped"),
+    (lambda n, d: _pe(n, d, step=1), "missing its factor 2"),
+    (lambda n, d: _pe(n, d, base=1000.0), "base is not 10000"),
+    (lambda n, d: _pe(n, d, f_even=lambda a: a.sin() + a.cos(), f_odd=lambda a: a.sin() + a.cos()),
+     "added sin and cos"),
+    (lambda n, d: _pe(n, d, layout="halves"), "interleave"),
+    (lambda n, d: _pe(n, d, base=1 / 10000.0), "inverted"),
+    (lambda n, d: _pe(n, d).T, "transposed"),
+    (lambda n, d: _pe(n, d).numpy(), "return a torch.Tensor"),
+    (lambda n, d: _pe(n, d) + 0.1, "should be"),
+])  # fmt: skip
+def test_sinusoidal_encoding_rejects_typical_mistakes(attempt, feedback):
+    result = ex02.check_sinusoidal_encoding(attempt)
     assert result.status == FAILED
     assert feedback in result.message
