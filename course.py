@@ -129,6 +129,9 @@ def main() -> None:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     setup()
     if args.command == "test":
+        # Chromium for the browser tests of the attention views (they skip, saying why, without)
+        if os.name != "nt":
+            run("bash", ROOT / "scripts" / "install_browser.sh")
         run(PYTHON, "-m", "ruff", "check", ".")
         run(PYTHON, "-m", "ruff", "format", "--check", ".")
         sys.exit(subprocess.run([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT).returncode)

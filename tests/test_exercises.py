@@ -1,6 +1,7 @@
 """Every checker accepts the reference solution, says "not attempted" for the untouched stub,
 and rejects the typical mistakes with feedback that names them."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -10,9 +11,11 @@ from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises import lesson02 as ex02
+from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
 from course_lib.exercises.solutions import lesson02 as sol02
+from course_lib.exercises.solutions import lesson03 as sol03
 from course_lib.positional import sinusoidal_encoding
 
 
@@ -223,3 +226,67 @@ def test_sinusoidal_encoding_rejects_typical_mistakes(attempt, feedback):
     result = ex02.check_sinusoidal_encoding(attempt)
     assert result.status == FAILED
     assert feedback in result.message
+
+
+# --- lesson 03 -----------------------------------------------------------------------------------
+
+
+def _attention(q, k, v, scale=None, mask=True, dim=-1, after=False, inverted=False, weights=False):
+    T, d = q.shape[-2], q.shape[-1]
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(d) if scale is None else scale)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    if inverted:
+        future = ~future
+    if mask and not after:
+        scores = scores.masked_fill(future, float("-inf"))
+    w = scores.softmax(dim=dim)
+    if after:
+        w = w.masked_fill(future, 0.0)
+    return w if weights else w @ v
+
+
+def test_masked_attention_accepts_solution():
+    assert ex03.check_masked_attention(sol03.masked_attention).passed
+
+
+def test_masked_attention_stub_is_not_attempted():
+    assert ex03.check_masked_attention(stub).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(("kwargs", "feedback"), [
+    ({"scale": 1.0}, "no scaling"),
+    ({"scale": 1 / 8}, "divided by d_k"),
+    ({"mask": False}, "future is not hidden"),
+    ({"after": True}, "after the softmax"),
+    ({"dim": -2}, "wrong dimension"),
+    ({"inverted": True}, "mask inverted"),
+    ({"weights": True}, "that is the weights"),
+])  # fmt: skip
+def test_masked_attention_rejects_typical_mistakes(kwargs, feedback):
+    result = ex03.check_masked_attention(lambda q, k, v: _attention(q, k, v, **kwargs))
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+def test_split_and_merge_heads_accept_solutions():
+    assert ex03.check_split_heads(sol03.split_heads).passed
+    assert ex03.check_merge_heads(sol03.merge_heads).passed
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda x, n: x.view(x.shape[0], x.shape[1], n, -1), "transpose(1, 2) so that"),
+    (lambda x, n: x.view(x.shape[0], n, x.shape[1], -1), "mixes tokens into heads"),
+    (lambda x, n: x.view(x.shape[0], n, -1), "should be (2, 3, 5, 4)"),
+])  # fmt: skip
+def test_split_heads_rejects_typical_mistakes(attempt, feedback):
+    result = ex03.check_split_heads(attempt)
+    assert result.status == FAILED and feedback in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda y: y.reshape(y.shape[0], y.shape[2], -1), "without transposing back"),
+    (lambda y: y.transpose(1, 2), "should be (2, 5, 12)"),
+])  # fmt: skip
+def test_merge_heads_rejects_typical_mistakes(attempt, feedback):
+    result = ex03.check_merge_heads(attempt)
+    assert result.status == FAILED and feedback in result.message
