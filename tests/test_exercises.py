@@ -12,10 +12,12 @@ from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises import lesson03 as ex03
+from course_lib.exercises import lesson04 as ex04
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
 from course_lib.exercises.solutions import lesson02 as sol02
 from course_lib.exercises.solutions import lesson03 as sol03
+from course_lib.exercises.solutions import lesson04 as sol04
 from course_lib.positional import sinusoidal_encoding
 
 
@@ -289,4 +291,92 @@ def test_split_heads_rejects_typical_mistakes(attempt, feedback):
 ])  # fmt: skip
 def test_merge_heads_rejects_typical_mistakes(attempt, feedback):
     result = ex03.check_merge_heads(attempt)
+    assert result.status == FAILED and feedback in result.message
+
+
+# --- lesson 04 -----------------------------------------------------------------------------------
+
+
+def test_param_count_accepts_solution():
+    assert ex04.check_param_count(sol04.param_count).passed
+
+
+def test_param_count_stub_is_not_attempted():
+    assert ex04.check_param_count(stub).status == NOT_ATTEMPTED
+
+
+def _count_untied(c):
+    return sol04.param_count(c) + c.vocab_size * c.n_embd
+
+
+def _count_no_positions(c):
+    return sol04.param_count(c) - c.block_size * c.n_embd
+
+
+def _count_no_norms(c):
+    return sol04.param_count(c) - (4 * c.n_layer + 2) * c.n_embd
+
+
+def _count_no_biases(c):
+    return sol04.param_count(c) - c.n_layer * 9 * c.n_embd
+
+
+def _count_narrow_mlp(c):
+    return sol04.param_count(c) - c.n_layer * (6 * c.n_embd**2 + 3 * c.n_embd)
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_count_untied, "weight tying"),
+    (_count_no_positions, "position embeddings are missing"),
+    (_count_no_norms, "LayerNorms are missing"),
+    (_count_no_biases, "biases are missing"),
+    (_count_narrow_mlp, "4 x n_embd"),
+    (lambda c: 42, "the model has"),
+])  # fmt: skip
+def test_param_count_rejects_typical_mistakes(attempt, feedback):
+    result = ex04.check_param_count(attempt)
+    assert result.status == FAILED and feedback in result.message
+
+
+def test_block_forward_accepts_solution():
+    assert ex04.check_block_forward(sol04.block_forward).passed
+
+
+def test_block_forward_stub_is_not_attempted():
+    assert ex04.check_block_forward(stub).status == NOT_ATTEMPTED
+
+
+def _post_norm(block, x):
+    x = block.ln_1(x + block.attn(x)[0])
+    return block.ln_2(x + block.mlp(x))
+
+
+def _no_residual(block, x):
+    return block.mlp(block.ln_2(block.attn(block.ln_1(x))[0]))
+
+
+def _no_mlp_residual(block, x):
+    x = x + block.attn(block.ln_1(x))[0]
+    return block.mlp(block.ln_2(x))
+
+
+def _ln1_twice(block, x):
+    x = x + block.attn(block.ln_1(x))[0]
+    return x + block.mlp(block.ln_1(x))
+
+
+def _parallel(block, x):
+    return x + block.attn(block.ln_1(x))[0] + block.mlp(block.ln_2(x))
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_post_norm, "post-norm"),
+    (_no_residual, "residual connections are missing"),
+    (_no_mlp_residual, "MLP branch has no residual"),
+    (_ln1_twice, "must use ln_2"),
+    (_parallel, "output of the attention step"),
+    (lambda block, x: block.attn(block.ln_1(x)), "output differs"),
+])  # fmt: skip
+def test_block_forward_rejects_typical_mistakes(attempt, feedback):
+    result = ex04.check_block_forward(attempt)
     assert result.status == FAILED and feedback in result.message
