@@ -162,14 +162,28 @@ def _check_tokens(tokens: Sequence[str], T: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # bertviz: head view and model view, offline
 #
-# They take the attention itself, as bertviz does, so they work before the course has a model.
-# A (model, tokenizer, text) form wraps them: ids = tokenizer.encode(text), the model's weights
-# for ids (one (1, n_head, T, T) per layer), tokens = [tokenizer.decode([i]) for i in ids].
+# They take the attention itself, as bertviz does (Lesson 03 shows hand-made heads), or the
+# course's GPT with its tokenizer and a text: head_view(model, tokenizer, text).
+
+
+@torch.no_grad()
+def model_attention(model: torch.nn.Module, tokenizer, text: str) -> tuple[list[Tensor], list[str]]:
+    """The attention of a course GPT on ``text``: (one (1, n_head, T, T) per layer, T tokens)."""
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("text is empty: give at least one token to look at")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout in the weights we show
+    out = model(torch.tensor([ids], device=device), need_weights=True)
+    model.train(was_training)
+    return [a.cpu() for a in out.attentions], [tokenizer.decode([i]) for i in ids]
 
 
 def head_view(
-    attention: Sequence[Tensor],
+    attention: Sequence[Tensor] | torch.nn.Module,
     tokens: Sequence[str],
+    text: str | None = None,
     *,
     layer: int | None = None,
     heads: Sequence[int] | None = None,
@@ -185,7 +199,10 @@ def head_view(
     the layers to put in the view (default: all). Weights are rounded to ``decimals`` to keep
     the notebook small.
     Hover over a token to see what it attends to; click a colour to toggle a head.
+    Or ``head_view(model, tokenizer, text)``: the attention of a course GPT on ``text``.
     """
+    if isinstance(attention, torch.nn.Module):
+        attention, tokens = model_attention(attention, tokens, text)
     layers = _layers(attention, tokens, decimals)
     include_layers = _indices(include_layers, len(layers), "include_layers", "layer")
     if layer is not None and layer not in include_layers:
@@ -206,8 +223,9 @@ def head_view(
 
 
 def model_view(
-    attention: Sequence[Tensor],
+    attention: Sequence[Tensor] | torch.nn.Module,
     tokens: Sequence[str],
+    text: str | None = None,
     *,
     include_layers: Sequence[int] | None = None,
     include_heads: Sequence[int] | None = None,
@@ -219,7 +237,10 @@ def model_view(
     attention, tokens, decimals: as for ``head_view``. include_layers, include_heads: the layers
     and heads to show (default: all). display_mode: "light" (default, like JupyterLab's default
     theme) or "dark" (bertviz's default). Click a thumbnail to enlarge that head.
+    Or ``model_view(model, tokenizer, text)``: the attention of a course GPT on ``text``.
     """
+    if isinstance(attention, torch.nn.Module):
+        attention, tokens = model_attention(attention, tokens, text)
     if display_mode not in ("light", "dark"):
         raise ValueError(f"display_mode={display_mode!r}: use 'light' or 'dark'")
     layers = _layers(attention, tokens, decimals)

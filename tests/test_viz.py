@@ -364,7 +364,10 @@ def test_views_draw_offline_in_chromium(chromium, tmp_path):
 TINY_NOTEBOOK = None  # stands for a small notebook that the test writes itself
 # Lesson notebooks that show views join this list once they exist, e.g.
 # ROOT / "notebooks" / "03_attention.ipynb". The test works on a copy.
-LAB_NOTEBOOKS = [TINY_NOTEBOOK, ROOT / "notebooks" / "03_attention.ipynb"]
+LAB_NOTEBOOKS = [
+    TINY_NOTEBOOK,
+    *(ROOT / "notebooks" / f for f in ("03_attention.ipynb", "04_decoder_stack.ipynb")),
+]
 
 
 def tiny_notebook() -> nbformat.NotebookNode:
@@ -446,3 +449,30 @@ def test_views_draw_in_jupyterlab_offline(chromium, tmp_path, notebook):
     assert not log.blocked, log.blocked
     view_errors = [e for e in log.errors if "about:srcdoc" in e or "uncaught" in e]
     assert not view_errors, view_errors
+
+
+def test_views_of_a_course_gpt_equal_views_of_its_attention():
+    from course_lib.model import GPT, GPTConfig
+    from course_lib.tokenizer import BPETokenizer
+
+    tok = BPETokenizer()
+    tok.train("to be or not to be, that is the question " * 20, vocab_size=280)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=280, block_size=32, n_layer=2, n_head=2, n_embd=16))
+    text = "to be or not to be"
+    ids = tok.encode(text)
+    with torch.no_grad():
+        att = model(torch.tensor([ids]), need_weights=True).attentions
+    tokens = [tok.decode([i]) for i in ids]
+    assert viz.head_view(model, tok, text).data == viz.head_view(att, tokens).data
+    assert viz.model_view(model, tok, text).data == viz.model_view(att, tokens).data
+    assert model.training  # the view leaves the model's mode as it was
+
+
+def test_view_of_a_course_gpt_rejects_empty_text():
+    from course_lib.model import GPT, GPTConfig
+    from course_lib.tokenizer import BPETokenizer
+
+    model = GPT(GPTConfig(vocab_size=260, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="text is empty"):
+        viz.head_view(model, BPETokenizer(), "")
