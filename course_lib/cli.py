@@ -3,6 +3,7 @@
     course-lib info                  versions, device, where data and checkpoints live
     course-lib prepare               download, verify and split the corpus, then tokenize it
     course-lib tokenizer train|encode|decode   train a BPE tokenizer on any text, or use one
+    course-lib train                 pretrain a GPT on the corpus or on your own text (torchrun too)
 
 Each later lesson adds its command (tokenizer, train, sample, finetune, compress, eval).
 """
@@ -10,7 +11,9 @@ Each later lesson adds its command (tokenizer, train, sample, finetune, compress
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -86,6 +89,78 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    # Imported here: the other commands need neither the model nor the training loop.
+    from course_lib import checkpoint
+    from course_lib.model import GPT, GPTConfig
+    from course_lib.train import TrainConfig, bits_per_char, train
+
+    out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
+    resuming = args.resume and checkpoint.checkpoint_exists(out)
+    saved_model, saved_train = checkpoint.read_config(out) if resuming else (None, None)
+    tokenizer = None
+    if resuming and (out / checkpoint.TOKENIZER).is_file():
+        tokenizer = BPETokenizer.load(out / checkpoint.TOKENIZER)  # the one the model knows
+
+    if args.text:
+        splits = data.load_splits(text_file=args.text)
+        if tokenizer is None:
+            tokenizer = BPETokenizer()
+            tokenizer.train(splits.text("train"), args.vocab_size)
+        tokens = data.encode_splits(splits, tokenizer)
+    else:
+        splits = data.load_splits()
+        tokenizer = tokenizer or data.course_tokenizer()
+        tokens = {s: data.load_tokens(s) for s in ("train", "val")}
+
+    shape = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+    shape = {k: v for k, v in shape.items() if v is not None}
+    if saved_model is not None:
+        clash = {k: v for k, v in shape.items() if getattr(saved_model, k) != v}
+        if clash:
+            raise ValueError(
+                f"the checkpoint in {out} has "
+                + ", ".join(f"{k}={getattr(saved_model, k)}" for k in clash)
+                + f", not {', '.join(f'{k}={v}' for k, v in clash.items())}: to resume, leave "
+                f"out the shape options; for a new model, pick another --out"
+            )
+        model_config = saved_model
+    else:
+        model_config = GPTConfig.course(vocab_size=tokenizer.vocab_size, **shape)
+
+    # A resumed run continues with its saved settings; options given now override them.
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a checkpoint of another version
+    base = TrainConfig(**{k: v for k, v in (saved_train or {}).items() if k in known})
+    names = ("batch_size", "max_steps", "lr", "min_lr", "warmup_steps", "eval_interval",
+             "eval_steps", "checkpoint_interval", "max_minutes", "device", "seed")  # fmt: skip
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.lr is not None and args.min_lr is None:
+        overrides["min_lr"] = args.lr / 10
+    if not saved_train and args.warmup_steps is None:  # a short run warms up for a tenth of it
+        max_steps = overrides.get("max_steps", base.max_steps)
+        overrides["warmup_steps"] = min(base.warmup_steps, max_steps // 10)
+    log_path = out.with_name(out.name + ".metrics.jsonl")
+    config = dataclasses.replace(
+        base, **overrides, checkpoint_dir=str(out), log_path=str(log_path), stop_at_step=None
+    )
+
+    env.seed_everything(config.seed)  # the same initial weights in every process
+    model = GPT(model_config)
+    result = train(model, tokens, config, tokenizer=tokenizer, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
+    chars = sum(len(w.text) for w in splits.val.values())
+    bpc = bits_per_char(result.val_loss, len(tokens["val"]), chars)
+    print(
+        f"step {result.step}/{config.max_steps}: train loss {result.train_loss:.4f}, val loss "
+        f"{result.val_loss:.4f} nats/token ({bpc:.3f} bits/char) in {result.elapsed_s:.0f} s"
+    )
+    print(f"checkpoint: {out}\nmetrics:    {log_path}")
+    if result.stopped != "max_steps":
+        print(f"stopped early ({result.stopped}): continue with --resume --out {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="course-lib", description="Build a GPT from scratch: the course's command line."
@@ -126,6 +201,75 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("ids", type=int, nargs="+", help="token ids")
     t.add_argument("--tokenizer", type=Path, default=None, help=help_tok)
     t.set_defaults(run=cmd_tokenizer_decode)
+
+    p = sub.add_parser(
+        "train",
+        help="pretrain a GPT on the corpus or your own text (also under torchrun)",
+        description="Pretrain a GPT; a checkpoint folder is saved as it goes. Under "
+        "`torchrun --nproc_per_node N` each process takes 1/N of every batch (DDP).",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["course"],
+        default="course",
+        help="the model shape (GPTConfig.course()) and, without --text, the corpus",
+    )
+    p.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="train on your own UTF-8 text (its last 10%% is validation) with a "
+        "BPE tokenizer trained on the rest",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=1024, help="tokenizer size for --text (default: 1024)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: <checkpoints>/course or /<text name>); "
+        "the metrics log goes beside it, <out>.metrics.jsonl",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out exactly where it stopped (if it holds a checkpoint)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (with a checkpoint) after this many minutes; --resume continues",
+    )
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 2000)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 32)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3)")
+    p.add_argument(
+        "--min-lr", type=float, default=None, help="final learning rate (default: lr/10)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="warm-up steps (default: 100, at most a tenth of --max-steps)",
+    )
+    p.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps")
+    p.add_argument("--eval-steps", type=int, default=None, help="batches per evaluation")
+    p.add_argument("--checkpoint-interval", type=int, default=None, help="save every N steps")
+    p.add_argument("--seed", type=int, default=None, help="seed of weights, batches and dropout")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best there is)")
+    for name, what in [
+        ("n-layer", "blocks"),
+        ("n-head", "attention heads"),
+        ("n-embd", "width"),
+        ("block-size", "context length"),
+    ]:
+        p.add_argument(
+            f"--{name}", type=int, default=None, help=f"model {what} (preset's if unset)"
+        )
+    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0)")
+    p.set_defaults(run=cmd_train)
     return parser
 
 
@@ -133,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (data.CorpusError, ValueError, FileNotFoundError) as err:
+    except (data.CorpusError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"course-lib {args.command}: error: {err}", file=sys.stderr)
         return 2
 

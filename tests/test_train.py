@@ -1,0 +1,351 @@
+"""course_lib.train: the schedule, the optimizer groups, evaluation, the loop, exact resume (also
+after SIGKILL), and DDP under torchrun training the same model as one process.
+
+Models are tiny (2 layers, 32 wide, 16-token context) and runs a few dozen steps, on real
+tokens: the corpus's course-tokenizer ids, or a tokenizer trained on part of Macbeth for the
+command-line runs. Subprocesses use one thread, so every run of the same command computes the
+same sums in the same order (bit-identical floats on a CPU).
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import cli, data
+from course_lib import train as train_module
+from course_lib.checkpoint import CheckpointError, load_checkpoint, load_model, load_train_state
+from course_lib.model import GPT, GPTConfig
+from course_lib.train import (
+    TrainConfig,
+    bits_per_char,
+    configure_optimizer,
+    evaluate,
+    lr_at,
+    train,
+)
+
+TINY = dict(vocab_size=data.VOCAB_SIZE, block_size=16, n_layer=2, n_head=2, n_embd=32)
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same sums in the same order
+TINY_CLI = [
+    "--vocab-size", "300", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+    "--block-size", "16", "--batch-size", "8", "--eval-steps", "2",
+]  # fmt: skip
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **overrides}))
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    defaults = dict(
+        batch_size=4,
+        max_steps=12,
+        warmup_steps=2,
+        eval_interval=4,
+        eval_steps=2,
+        checkpoint_interval=4,
+        progress=False,
+    )
+    return TrainConfig(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tokens() -> dict[str, torch.Tensor]:
+    return {"train": data.load_tokens("train")[:50_000], "val": data.load_tokens("val")[:10_000]}
+
+
+@pytest.fixture(scope="module")
+def text_file(splits, tmp_path_factory) -> Path:
+    """30,000 characters of Macbeth, a learner's own text for `course-lib train --text`."""
+    path = tmp_path_factory.mktemp("text") / "macbeth.txt"
+    path.write_text(splits.val["macbeth"].text[:30_000], encoding="utf-8")
+    return path
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), f"{name} differs"
+
+
+# --- the learning-rate schedule ------------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    max_lr, min_lr, warmup, steps = 1e-3, 1e-4, 10, 100
+    lrs = [lr_at(s, max_lr, min_lr, warmup, steps) for s in range(steps + 20)]
+    assert lrs[0] == max_lr / warmup  # step 0 already moves: max_lr * 1 / warmup
+    assert lrs[warmup - 1] == max_lr == lrs[warmup]  # the peak, where the cosine starts
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup]))
+    assert lrs[1] - lrs[0] == pytest.approx(lrs[5] - lrs[4])  # a straight line
+    assert all(a > b for a, b in zip(lrs[warmup:steps], lrs[warmup + 1 : steps + 1]))
+    assert lrs[(warmup + steps) // 2] == pytest.approx((max_lr + min_lr) / 2)  # half the cosine
+    assert lrs[steps:] == [min_lr] * 20  # flat after the schedule
+
+
+def test_lr_schedule_without_warmup_starts_at_max():
+    assert lr_at(0, 1e-3, 1e-4, 0, 100) == 1e-3
+
+
+def test_lr_schedule_rejects_warmup_longer_than_training():
+    with pytest.raises(ValueError, match="warmup_steps=200 must be between 0 and max_steps=100"):
+        lr_at(0, 1e-3, 1e-4, 200, 100)
+    with pytest.raises(ValueError, match=r"warmup_steps=200 .* e\.g\. 5"):
+        TrainConfig(max_steps=100, warmup_steps=200)
+
+
+def test_train_config_rejects_min_lr_above_lr():
+    with pytest.raises(ValueError, match=r"min_lr=0\.01 must be between 0 and lr=0\.001"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+
+
+# --- optimizer, evaluation, units ----------------------------------------------------------------
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny_model()
+    decay, no_decay = configure_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    name = {id(p): n for n, p in model.named_parameters()}
+    decayed = {name[id(p)] for p in decay["params"]}
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert decayed >= {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert "transformer.h.0.attn.c_attn.weight" in decayed
+    assert not decayed & {"transformer.h.0.attn.c_attn.bias", "transformer.h.0.ln_1.weight"}
+    everything = decay["params"] + no_decay["params"]
+    assert len({id(p) for p in everything}) == len(everything)  # the tied wte/lm_head once
+    assert sum(p.numel() for p in everything) == model.num_params()
+
+
+def test_evaluate_is_the_mean_loss_of_eval_batches_without_dropout(tokens):
+    model = tiny_model(dropout=0.5).train()
+    config = tiny_config(eval_steps=3)
+    got = evaluate(model, tokens["val"], config, torch.Generator().manual_seed(1))
+    assert model.training  # put back in the mode it was in
+    assert all(p.grad is None for p in model.parameters())  # no_grad: nothing accumulated
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        losses = [model(*data.get_batch(tokens["val"], 4, 16, g)).loss for _ in range(3)]
+    assert got == pytest.approx(torch.stack(losses).mean().item(), abs=1e-6)
+
+
+def test_bits_per_char_converts_nats_per_token():
+    assert bits_per_char(math.log(2), n_tokens=10, n_chars=10) == pytest.approx(1.0)
+    # 4 characters per token: a token's 4 bits are 1 bit per character
+    assert bits_per_char(4 * math.log(2), n_tokens=100, n_chars=400) == pytest.approx(1.0)
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(train_module).failed == 0
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_and_logs_every_step(tokens, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    config = tiny_config(max_steps=30, lr=3e-3, min_lr=3e-4, eval_interval=10, log_path=log)
+    result = train(tiny_model(), tokens, config)
+    entries = read_log(log)
+    assert entries == result.history
+    assert [e["step"] for e in entries] == list(range(31))  # 30 updates, then the final eval
+    evaluated = [e["step"] for e in entries if "val_loss" in e]
+    assert evaluated == [0, 10, 20, 30]
+    for e in entries[:-1]:
+        assert e["lr"] == lr_at(e["step"], 3e-3, 3e-4, 2, 30)
+        assert e["tokens"] == (e["step"] + 1) * 4 * 16
+    # Untrained: about ln(2048) = 7.6 nats. 30 steps of 64 tokens learn the commonest tokens
+    # (measured over 3 seeds: val 7.60-7.62 -> 6.81-6.83).
+    assert entries[0]["val_loss"] == pytest.approx(math.log(data.VOCAB_SIZE), abs=0.2)
+    assert result.val_loss < entries[0]["val_loss"] - 0.5
+    assert (result.step, result.stopped) == (30, "max_steps")
+
+
+def test_resume_gives_bit_identical_weights(tokens, tmp_path):
+    # Dropout > 0, so the dropout masks (torch's global generator) must come back too.
+    config = tiny_config(max_steps=12, checkpoint_dir=tmp_path / "straight")
+    straight = tiny_model(dropout=0.1)
+    whole = train(straight, tokens, config)
+
+    config = replace(config, checkpoint_dir=tmp_path / "resumed", stop_at_step=6)
+    first = train(tiny_model(dropout=0.1), tokens, config)
+    assert (first.step, first.stopped) == (6, "stop_at_step")
+    assert load_train_state(tmp_path / "resumed").step == 6
+    # Other initial weights: whatever matches must come from the checkpoint.
+    resumed = tiny_model(seed=123, dropout=0.1)
+    rest = train(resumed, tokens, replace(config, stop_at_step=None), resume=True)
+
+    assert rest.step == 12
+    assert [e.get("loss") for e in rest.history] == [e.get("loss") for e in whole.history[6:]]
+    assert_same_weights(straight, resumed)
+
+
+def test_resume_keeps_the_tokenizer_in_the_checkpoint(tokens, tmp_path):
+    config = tiny_config(max_steps=4, checkpoint_dir=tmp_path / "ckpt")
+    train(tiny_model(), tokens, config, tokenizer=data.course_tokenizer())
+    train(tiny_model(), tokens, replace(config, max_steps=8), resume=True)  # no tokenizer given
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.train_state.step == 8
+    assert ckpt.tokenizer.vocab_size == data.VOCAB_SIZE
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tokens, tmp_path):
+    config = tiny_config(max_steps=4, checkpoint_dir=tmp_path / "ckpt")
+    train(tiny_model(), tokens, config)
+    with pytest.raises(CheckpointError, match=r"n_embd=32 \(this model: 64\)"):
+        train(tiny_model(n_embd=64), tokens, replace(config, max_steps=8), resume=True)
+
+
+def test_nan_loss_stops_naming_the_step(tokens, tmp_path):
+    model = tiny_model()
+    forwards = 0
+
+    def poison(module, inputs, output):  # the 6th training forward (step 5) returns nan
+        nonlocal forwards
+        forwards += module.training
+        return output * math.nan if forwards == 6 and module.training else output
+
+    model.lm_head.register_forward_hook(poison)
+    config = tiny_config(max_steps=10, checkpoint_interval=2, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 5: lower lr \(now "):
+        train(model, tokens, config)
+    last_good = load_checkpoint(tmp_path / "ckpt")  # saved at step 4, before the nan
+    assert last_good.train_state.step == 4
+    assert all(torch.isfinite(p).all() for p in last_good.model.parameters())
+
+
+def test_max_minutes_stops_with_a_checkpoint_to_resume_from(tokens, tmp_path):
+    config = tiny_config(max_steps=10_000, max_minutes=0.002, checkpoint_dir=tmp_path / "ckpt")
+    result = train(tiny_model(), tokens, config)
+    assert result.stopped == "max_minutes"
+    assert 0 < result.step < 10_000
+    assert load_train_state(tmp_path / "ckpt").step == result.step
+
+
+# --- the command line: SIGKILL and resume, torchrun ----------------------------------------------
+
+
+def cli_train(text_file: Path, out: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "course_lib", "train", "--text", str(text_file), *TINY_CLI,
+            "--out", str(out), *options]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_gives_same_final_weights(text_file, tmp_path):
+    options = ["--max-steps", "150", "--eval-interval", "50", "--checkpoint-interval", "1",
+               "--dropout", "0.1"]  # fmt: skip
+    subprocess.run(cli_train(text_file, tmp_path / "ref", *options), env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli_train(text_file, run, *options), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (run / "model.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # Measured: 150 steps, each saving a checkpoint, take about 1.8 s after the first one.
+    delay = random.uniform(0.0, 1.0)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"finished before the kill {delay:.3f} s in"
+    killed_at = load_train_state(run).step  # the last checkpoint, whatever the kill cut
+    assert 0 < killed_at < 150, f"killed {delay:.3f} s in"
+
+    resumed = subprocess.run(cli_train(text_file, run, *options, "--resume"), env=ENV,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 150/150" in resumed.stdout
+    assert_same_weights(load_model(tmp_path / "ref"), load_model(run))
+    # The metrics log was cut back to the checkpoint: each step once, as in one run.
+    ref_log = read_log(tmp_path / "ref.metrics.jsonl")
+    run_log = read_log(tmp_path / "run.metrics.jsonl")
+    assert [(e["step"], e.get("loss")) for e in run_log] == [
+        (e["step"], e.get("loss")) for e in ref_log
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ref", "ref.metrics.jsonl", "run", "run.metrics.jsonl",
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_follows_single_process_losses(text_file, tmp_path):
+    # Dropout 0: the two processes draw their dropout masks from other random streams.
+    options = ["--max-steps", "20", "--eval-interval", "10", "--checkpoint-interval", "20"]
+    ddp = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()),
+           *cli_train(text_file, tmp_path / "ddp", *options)[1:]]  # fmt: skip
+    done = subprocess.run(ddp, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    subprocess.run(cli_train(text_file, tmp_path / "one", *options), env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
+
+    two, one = read_log(tmp_path / "ddp.metrics.jsonl"), read_log(tmp_path / "one.metrics.jsonl")
+    assert [e["step"] for e in two] == [e["step"] for e in one] == list(range(21))
+    # Each process averages over half the batch and DDP averages the two gradients: the same
+    # mean, summed in another order. float32 rounding (measured 1e-6 on losses and weights).
+    for a, b in zip(two, one):
+        for key in ("loss", "train_loss", "val_loss"):
+            assert (key in a) == (key in b)
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
+    for (name, a), b in zip(
+        load_model(tmp_path / "ddp").state_dict().items(),
+        load_model(tmp_path / "one").state_dict().values(),
+    ):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+
+
+def test_cli_train_errors_print_cleanly(text_file, tmp_path, capsys):
+    code = cli.main(["train", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "course-lib train: error: text file" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    args = ["train", "--text", str(text_file), *TINY_CLI, "--out", str(out), "--max-steps", "2"]
+    assert cli.main(args) == 0
+    assert load_checkpoint(out).tokenizer.vocab_size == 300
+    code = cli.main([*args, "--resume", "--n-embd", "64"])
+    assert code == 2
+    assert "has n_embd=32, not n_embd=64: to resume, leave out" in capsys.readouterr().err
+
+
+def test_evaluate_all_is_the_mean_loss_over_consecutive_windows():
+    from course_lib.train import evaluate_all
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    tokens = torch.randint(0, 50, (8 * 5 + 3,))
+    x, y = tokens[:40].view(5, 8), tokens[1:41].view(5, 8)
+    with torch.no_grad():
+        want = model(x, y).loss.item()
+    assert abs(evaluate_all(model, tokens, block_size=8, batch_size=2) - want) < 1e-6
+    with pytest.raises(ValueError, match="hold no window"):
+        evaluate_all(model, tokens[:5], block_size=8)
