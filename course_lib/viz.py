@@ -450,41 +450,43 @@ def _js_libraries() -> tuple[str, str, str]:
     any jQuery 2 or 3; the mpld3 wheel ships d3 5.7.0, the xstatic-jquery wheel jQuery 3.7.1
     (its slim build: bertviz uses no ajax or effects).
     """
-    d3_file = _package_dir("mpld3") / "js" / "d3.v5.min.js"
-    if not d3_file.is_file():
-        raise RuntimeError(
-            f"{d3_file} is missing: the mpld3 wheel no longer ships d3 v5 there. "
-            f"Install the pinned version: pip install mpld3==0.5.12"
-        )
-    d3 = d3_file.read_text(encoding="utf-8")
-    d3_match = re.match(r"// https://d3js\.org v(\d+)\.(\d+)\.(\d+)", d3)
-    if not d3_match or d3_match[1] not in ("4", "5"):
-        raise RuntimeError(
-            f"{d3_file} is not d3 v4 or v5 (its first line: {d3[:60]!r}), which bertviz "
-            f"{BERTVIZ_VERSION} needs. Install the pinned version: pip install mpld3==0.5.12"
-        )
-    jquery_dir = _package_dir("xstatic.pkg.jquery") / "data"
-    jquery_file = jquery_dir / "jquery.slim.min.js"
-    if not jquery_file.is_file():
-        raise RuntimeError(
-            f"{jquery_file} is missing. Install the pinned version: "
-            f"pip install xstatic-jquery==3.7.1.1"
-        )
-    jquery = jquery_file.read_text(encoding="utf-8")
-    jquery_match = re.match(r"/\*! jQuery v(\d+)\.(\d+)\.(\d+)", jquery)
-    if not jquery_match or jquery_match[1] not in ("2", "3"):
-        raise RuntimeError(
-            f"{jquery_file} is not jQuery 2 or 3 (its start: {jquery[:40]!r}). Install the "
-            f"pinned version: pip install xstatic-jquery==3.7.1.1"
-        )
+    d3, d3_version = _read_library(
+        _package_dir("mpld3") / "js" / "d3.v5.min.js",
+        "d3",
+        r"// https://d3js\.org v",
+        ("4", "5"),
+        "mpld3==0.5.12",
+    )
+    jquery, jquery_version = _read_library(
+        _package_dir("xstatic.pkg.jquery") / "data" / "jquery.slim.min.js",
+        "jQuery",
+        r"/\*! jQuery v",
+        ("2", "3"),
+        "xstatic-jquery==3.7.1.1",
+    )
     for name, code in (("d3", d3), ("jQuery", jquery)):
         if "</script" in code.lower():
             raise RuntimeError(f"{name} contains '</script' and cannot be inlined in a page")
-    credits = (
-        f"d3 {'.'.join(d3_match.groups())} from the mpld3 wheel, "
-        f"jQuery {'.'.join(jquery_match.groups())} from xstatic-jquery"
-    )
+    credits = f"d3 {d3_version} from the mpld3 wheel, jQuery {jquery_version} from xstatic-jquery"
     return d3, jquery, credits
+
+
+def _read_library(
+    path: Path, name: str, header: str, majors: tuple[str, ...], pin: str
+) -> tuple[str, str]:
+    """(code, version) of a JavaScript library shipped in a wheel, checked to be a version
+    bertviz works with (its first line names it: ``header`` then major.minor.patch)."""
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing. Install the pinned version: pip install {pin}")
+    code = path.read_text(encoding="utf-8")
+    match = re.match(header + r"(\d+)\.(\d+)\.(\d+)", code)
+    if not match or match[1] not in majors:
+        wanted = " or ".join(f"v{m}" for m in majors)
+        raise RuntimeError(
+            f"{path} is not {name} {wanted} (its start: {code[:60]!r}), which bertviz "
+            f"{BERTVIZ_VERSION} needs. Install the pinned version: pip install {pin}"
+        )
+    return code, ".".join(match.groups())
 
 
 def _package_dir(name: str) -> Path:
