@@ -4,6 +4,7 @@
     course-lib prepare               download, verify and split the corpus, then tokenize it
     course-lib tokenizer train|encode|decode   train a BPE tokenizer on any text, or use one
     course-lib train                 pretrain a GPT on the corpus or on your own text (torchrun too)
+    course-lib sample                write text with a trained model, streamed as it comes
 
 Each later lesson adds its command (tokenizer, train, sample, finetune, compress, eval).
 """
@@ -93,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Imported here: the other commands need neither the model nor the training loop.
     from course_lib import checkpoint
     from course_lib.model import GPT, GPTConfig
-    from course_lib.train import TrainConfig, bits_per_char, train
+    from course_lib.train import TrainConfig, bits_per_char, evaluate_all, train
 
     out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
     resuming = args.resume and checkpoint.checkpoint_exists(out)
@@ -130,7 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # A resumed run continues with its saved settings; options given now override them.
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a checkpoint of another version
-    base = TrainConfig(**{k: v for k, v in (saved_train or {}).items() if k in known})
+    if saved_train:
+        base = TrainConfig(**{k: v for k, v in saved_train.items() if k in known})
+    else:
+        base = TrainConfig.course()  # the preset's schedule: the course model, exactly
     names = ("batch_size", "max_steps", "lr", "min_lr", "warmup_steps", "eval_interval",
              "eval_steps", "checkpoint_interval", "max_minutes", "device", "seed")  # fmt: skip
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -149,15 +153,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(model, tokens, config, tokenizer=tokenizer, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
-    chars = sum(len(w.text) for w in splits.val.values())
-    bpc = bits_per_char(result.val_loss, len(tokens["val"]), chars)
     print(
         f"step {result.step}/{config.max_steps}: train loss {result.train_loss:.4f}, val loss "
-        f"{result.val_loss:.4f} nats/token ({bpc:.3f} bits/char) in {result.elapsed_s:.0f} s"
+        f"{result.val_loss:.4f} nats/token (on {config.eval_steps} batches) in "
+        f"{result.elapsed_s:.0f} s"
     )
+    if len(tokens["val"]) > model_config.block_size:  # the number to report: every token
+        val = evaluate_all(model, tokens["val"], model_config.block_size, config.batch_size)
+        chars = sum(len(w.text) for w in splits.val.values())
+        bpc = bits_per_char(val, len(tokens["val"]), chars)
+        print(f"validation, every token: {val:.4f} nats/token, {bpc:.3f} bits/char")
     print(f"checkpoint: {out}\nmetrics:    {log_path}")
     if result.stopped != "max_steps":
         print(f"stopped early ({result.stopped}): continue with --resume --out {out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from course_lib.checkpoint import TOKENIZER, CheckpointError, load_checkpoint
+    from course_lib.sampling import check_sampling, stream
+
+    path = args.checkpoint or env.checkpoint_dir() / "course"
+    if not args.greedy:  # before loading anything: a typo in an option fails at once
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    ckpt = load_checkpoint(path, device=args.device or env.get_device())
+    tok = ckpt.tokenizer
+    if tok is None:
+        raise CheckpointError(
+            f"the checkpoint {path} has no {TOKENIZER}, so a prompt cannot become token ids: "
+            f"copy the tokenizer the model was trained with into the folder as {TOKENIZER}"
+        )
+    ids = tok.encode(args.prompt)
+    block = ckpt.config.block_size
+    if len(ids) > block:
+        print(f"(the prompt is {len(ids)} tokens, longer than the context: the model sees its "
+              f"last {block})", file=sys.stderr)  # fmt: skip
+    generator = torch.Generator().manual_seed(args.seed)
+    device = next(ckpt.model.parameters()).device
+    new: list[int] = []
+    shown = ""
+    print(args.prompt, end="", flush=True)
+    for token in stream(ckpt.model, torch.tensor([ids], device=device), args.max_new_tokens,
+                        args.temperature, args.top_k, args.top_p, generator, args.greedy,
+                        tok.eot_id if args.stop_at_eot else None, not args.no_cache):  # fmt: skip
+        new.append(token.item())
+        text = tok.decode(new)
+        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character until it is whole
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+    print(tok.decode(new)[len(shown) :])
     return 0
 
 
@@ -212,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=["course"],
         default="course",
-        help="the model shape (GPTConfig.course()) and, without --text, the corpus",
+        help="the model shape and schedule (GPTConfig.course(), TrainConfig.course()) and, "
+        "without --text, the corpus: `course-lib train` alone trains the course model",
     )
     p.add_argument(
         "--text",
@@ -242,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop (with a checkpoint) after this many minutes; --resume continues",
     )
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 2000)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 32)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3)")
+    # Defaults: the preset's schedule, TrainConfig.course() (not imported here: it needs torch).
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument(
         "--min-lr", type=float, default=None, help="final learning rate (default: lr/10)"
     )
@@ -252,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-steps",
         type=int,
         default=None,
-        help="warm-up steps (default: 100, at most a tenth of --max-steps)",
+        help="warm-up steps (the preset's, at most a tenth of --max-steps)",
     )
     p.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps")
     p.add_argument("--eval-steps", type=int, default=None, help="batches per evaluation")
@@ -270,6 +318,35 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "sample",
+        help="write text with a trained model, streaming it to the terminal",
+        description="Sample from a checkpoint. A prompt longer than the model's context is cut "
+        "to its last block_size tokens; past the context, the model goes on from the last half.",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="checkpoint folder (default: course)"
+    )
+    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to write (default: 200)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="> 0; below 1 is safer, above 1 wilder"
+    )
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument(
+        "--top-p", type=float, default=None, help="sample among the likeliest tokens holding p"
+    )
+    p.add_argument("--greedy", action="store_true", help="always the likeliest token")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same text")
+    p.add_argument(
+        "--stop-at-eot", action="store_true", help="stop at <|endoftext|> (the end of a work)"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="no KV cache: recompute the context every token"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best there is)")
+    p.set_defaults(run=cmd_sample)
     return parser
 
 

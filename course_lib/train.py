@@ -21,12 +21,13 @@ Runs on one process, or under ``torchrun --nproc_per_node N`` (PyTorch DDP: each
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,31 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
 from course_lib.checkpoint import (
     TOKENIZER,
+    Checkpoint,
     CheckpointError,
     TrainState,
     checkpoint_exists,
+    load_checkpoint,
     load_train_state,
     load_weights,
     read_config,
     save_checkpoint,
 )
-from course_lib.data import _write_atomic, get_batch
-from course_lib.env import get_device, seed_everything
-from course_lib.model import GPT
+from course_lib.data import _write_atomic, course_tokenizer, get_batch, load_tokens
+from course_lib.env import checkpoint_dir, get_device, seed_everything
+from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
+
+# The course model (GPTConfig.course() trained by TrainConfig.course()): its number of steps,
+# chosen by benchmarks/sweep_course_model.py, and the validation bits per character it reaches
+# (evaluate_all over the 4 held-out plays), the course's stated number, within the tolerance.
+COURSE_STEPS = 2631
+COURSE_VAL_BPC = 2.12
+COURSE_BPC_TOLERANCE = 0.02
 
 
 @dataclass
@@ -86,6 +96,27 @@ class TrainConfig:
     device: str | None = None
     compile: bool = False
     progress: bool = True  # a tqdm bar (stderr) and a line per evaluation (stdout)
+
+    @classmethod
+    def course(cls, **overrides: Any) -> TrainConfig:
+        """How the course model (``GPTConfig.course()``) trains: the schedule of the sweep's
+        winner (benchmarks/README.md), fixed in steps so that every run gives the same model.
+
+        COURSE_STEPS steps of 32 x 128 tokens took 7.5 minutes on the course's 2-core reference
+        machine (plus about 15 s of evaluation); ``load_or_train`` caches the result.
+        """
+        lr = 3e-3
+        schedule = dict(
+            batch_size=32,
+            max_steps=COURSE_STEPS,
+            lr=lr,
+            min_lr=lr / 10,  # as the sweep computed it, to the last bit
+            warmup_steps=COURSE_STEPS // 20,
+            eval_interval=250,
+            eval_steps=10,
+            checkpoint_interval=250,
+        )
+        return cls(**{**schedule, **overrides})
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # a list, when read back from JSON
@@ -513,11 +544,7 @@ def _resume(
         return None
     saved, _ = read_config(ckpt)
     if saved != model.config:
-        diffs = ", ".join(
-            f"{k}={v} (this model: {getattr(model.config, k)})"
-            for k, v in asdict(saved).items()
-            if v != getattr(model.config, k)
-        )
+        diffs = ", ".join(_differences(saved, model.config, "this model"))
         raise CheckpointError(
             f"the checkpoint in {ckpt} is of another model: {diffs}. Build the model from "
             f"load_checkpoint({str(ckpt)!r}).config to resume it, or train into another folder"
@@ -553,3 +580,74 @@ def _rewind_log(path: Path, start: int) -> list[dict]:
                 kept.append(entry)
     _write_atomic(path, "".join(json.dumps(e) + "\n" for e in kept).encode())
     return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# The course model, trained once and cached.
+
+# What decides the weights a run ends with; the rest (evaluation, logging, saving) does not.
+_SCHEDULE = ("batch_size", "block_size", "max_steps", "lr", "min_lr", "warmup_steps",
+             "weight_decay", "betas", "grad_clip", "seed")  # fmt: skip
+
+
+def load_or_train(
+    path: str | Path | None = None,
+    model_config: GPTConfig | None = None,
+    train_config: TrainConfig | None = None,
+    data: dict[str, Tensor] | None = None,
+    tokenizer: BPETokenizer | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    """The course model: loaded from ``path`` (``<checkpoints>/course``) when it was trained
+    there, else trained into it first (about 8 minutes on 2 CPU cores), the same way every time.
+
+    A run that was cut short (a closed notebook, a crash) resumes where its last checkpoint
+    stopped, and gives the weights of an uninterrupted run. The defaults are the course's:
+    ``GPTConfig.course()``, ``TrainConfig.course()``, the corpus's token files and the course
+    tokenizer; pass others to cache a model of your own the same way. The metrics log is
+    ``<path>.metrics.jsonl``. A folder holding a model trained another way is never
+    overwritten: the error says what differs.
+    """
+    path = Path(path) if path is not None else checkpoint_dir() / "course"
+    model_config = model_config or GPTConfig.course()
+    train_config = dataclasses.replace(
+        train_config or TrainConfig.course(),
+        checkpoint_dir=str(path),
+        log_path=str(path.with_name(path.name + ".metrics.jsonl")),
+        stop_at_step=None,
+        max_minutes=None,
+        progress=progress,
+    )
+    if checkpoint_exists(path):
+        saved_model, saved_train = read_config(path)
+        diffs = _differences(saved_model, model_config, "wanted")
+        if saved_train is None:
+            diffs.append("no training config")
+        else:
+            saved = TrainConfig(**{k: v for k, v in saved_train.items() if k in _TRAIN_FIELDS})
+            diffs += _differences(saved, train_config, "wanted", _SCHEDULE)
+        if diffs:
+            raise CheckpointError(
+                f"{path} holds a model trained another way: {', '.join(diffs)}. Move or delete "
+                f"that folder to train this one there, or pass another path"
+            )
+        state = load_train_state(path)
+        if state is not None and state.step >= train_config.max_steps:
+            return load_checkpoint(path)
+    if data is None:
+        data = {s: load_tokens(s) for s in ("train", "val")}
+    seed_everything(train_config.seed)  # the initial weights; train() seeds the rest
+    model = GPT(model_config)
+    train(model, data, train_config, tokenizer=tokenizer or course_tokenizer(), resume=True)
+    return load_checkpoint(path)
+
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _differences(saved: Any, wanted: Any, label: str, names: tuple[str, ...] = ()) -> list[str]:
+    """["n_embd=32 (this model: 64)", ...]: the fields (all, or ``names``) of two dataclasses
+    that differ."""
+    names = names or tuple(f.name for f in dataclasses.fields(saved))
+    return [f"{k}={getattr(saved, k)} ({label}: {getattr(wanted, k)})"
+            for k in names if getattr(saved, k) != getattr(wanted, k)]  # fmt: skip

@@ -13,12 +13,18 @@ from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises import lesson04 as ex04
+from course_lib.exercises import lesson05 as ex05
+from course_lib.exercises import lesson06 as ex06
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
 from course_lib.exercises.solutions import lesson02 as sol02
 from course_lib.exercises.solutions import lesson03 as sol03
 from course_lib.exercises.solutions import lesson04 as sol04
+from course_lib.exercises.solutions import lesson05 as sol05
+from course_lib.exercises.solutions import lesson06 as sol06
 from course_lib.positional import sinusoidal_encoding
+from course_lib.sampling import top_k_filter, top_p_filter
+from course_lib.train import lr_at
 
 
 def stub(*args):
@@ -380,3 +386,383 @@ def _parallel(block, x):
 def test_block_forward_rejects_typical_mistakes(attempt, feedback):
     result = ex04.check_block_forward(attempt)
     assert result.status == FAILED and feedback in result.message
+
+
+# --- lesson 05 -----------------------------------------------------------------------------------
+
+
+def _cosine(p, max_lr, low):
+    return low + (max_lr - low) * (1 + math.cos(math.pi * p)) / 2
+
+
+def _lr_warmup_from_zero(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * step / warmup
+    return lr_at(step, max_lr, min_lr, warmup, max_steps)
+
+
+def _lr_progress_from_step_zero(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= max_steps:
+        return min_lr
+    return _cosine(step / max_steps, max_lr, min_lr)
+
+
+def _lr_to_zero(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= max_steps:
+        return min_lr
+    return _cosine((step - warmup) / (max_steps - warmup), max_lr, 0.0)
+
+
+def _lr_rising_again(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    return _cosine((step - warmup) / (max_steps - warmup), max_lr, min_lr)
+
+
+def _lr_below_min(step, max_lr, min_lr, warmup, max_steps):
+    if step >= max_steps:
+        return min_lr * max_steps / (step + 1)
+    return lr_at(step, max_lr, min_lr, warmup, max_steps)
+
+
+def _lr_zero_after_end(step, max_lr, min_lr, warmup, max_steps):
+    return 0.0 if step >= max_steps else lr_at(step, max_lr, min_lr, warmup, max_steps)
+
+
+def _lr_linear(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= max_steps:
+        return min_lr
+    return max_lr - (max_lr - min_lr) * (step - warmup) / (max_steps - warmup)
+
+
+def _lr_linear_to_zero(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= max_steps:
+        return min_lr
+    return max_lr * (1 - (step - warmup) / (max_steps - warmup))
+
+
+def _lr_no_warmup(step, max_lr, min_lr, warmup, max_steps):
+    return min_lr if step >= max_steps else _cosine(step / max_steps, max_lr, min_lr)
+
+
+def _lr_no_warmup_branch(step, max_lr, min_lr, warmup, max_steps):
+    if step >= max_steps:
+        return min_lr
+    return _cosine((step - warmup) / (max_steps - warmup), max_lr, min_lr)
+
+
+def _lr_divides_first(step, max_lr, min_lr, warmup, max_steps):
+    warm = max_lr * (step + 1) / warmup
+    return warm if step < warmup else lr_at(step, max_lr, min_lr, warmup, max_steps)
+
+
+def _lr_warmup_too_long(step, max_lr, min_lr, warmup, max_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / (warmup + 1)
+    return lr_at(step, max_lr, min_lr, warmup, max_steps)
+
+
+def test_lr_schedule_accepts_solution_and_course_lib():
+    assert ex05.check_lr_schedule(sol05.lr_schedule).status == PASSED
+    assert ex05.check_lr_schedule(lr_at).passed
+
+
+def test_lr_schedule_stub_is_not_attempted_with_hint():
+    result = ex05.check_lr_schedule(stub)
+    assert result.status == NOT_ATTEMPTED
+    assert "Three cases" in result.message and "step >= max_steps" in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_lr_warmup_from_zero, "warm-up starts at 0"),
+    (_lr_warmup_from_zero, "at step 0, the first warm-up step: expected 0.25, got 0"),
+    (_lr_progress_from_step_zero, "measured from step 0"),
+    (_lr_progress_from_step_zero, "at step 4, the first step of the cosine: expected 1, got"),
+    (_lr_to_zero, "decays to 0 instead of min_lr"),
+    (_lr_rising_again, "rises again"),
+    (_lr_rising_again, "at step 13, once step >= max_steps: expected 0.1, got"),
+    (_lr_below_min, "goes below it"),
+    (_lr_zero_after_end, "does not drop to 0"),
+    (_lr_linear, "that decay is linear"),
+    (_lr_linear_to_zero, "ends at min_lr; and that decay is linear"),
+    (_lr_no_warmup, "warm-up is missing"),
+    (_lr_no_warmup_branch, "warm-up is missing"),
+    (_lr_divides_first, "divided by zero"),
+    (lambda step, *args: torch.tensor(lr_at(step, *args)), "return a float"),
+    (lambda step, *args: str(lr_at(step, *args)), "return a float, got str"),
+    (_lr_warmup_too_long, "at step 0, the first warm-up step: expected 0.25, got 0.2"),
+    (lambda step, *args: math.log(-1), "your function raised ValueError"),
+])  # fmt: skip
+def test_lr_schedule_rejects_typical_mistakes(attempt, feedback):
+    result = ex05.check_lr_schedule(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+def _log_probs_at_targets(logits, targets):
+    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _loss_in_bits(logits, targets):
+    return -(logits.log_softmax(-1) / math.log(2)).gather(-1, targets.unsqueeze(-1)).mean()
+
+
+def _loss_of_raw_logit(logits, targets):
+    return -logits.gather(-1, targets.unsqueeze(-1)).mean()
+
+
+def _loss_of_probability(logits, targets):
+    return -logits.softmax(-1).gather(-1, targets.unsqueeze(-1)).mean()
+
+
+def _loss_of_argmax(logits, targets):
+    return -logits.log_softmax(-1).max(-1).values.mean()
+
+
+def _loss_shifted_again(logits, targets):
+    return _log_probs_at_targets(logits[:, :-1], targets[:, 1:]).mean().neg()
+
+
+def _loss_cross_entropy_3d(logits, targets):
+    return torch.nn.functional.cross_entropy(logits, targets)  # classes must be dim 1
+
+
+def test_batch_loss_accepts_solution_cross_entropy_and_float():
+    assert ex05.check_batch_loss(sol05.batch_loss).status == PASSED
+    ce = torch.nn.functional.cross_entropy
+    assert ex05.check_batch_loss(lambda lg, t: ce(lg.view(-1, lg.shape[-1]), t.view(-1))).passed
+    assert ex05.check_batch_loss(lambda lg, t: sol05.batch_loss(lg, t).item()).passed
+
+
+def test_batch_loss_stub_is_not_attempted_with_hint():
+    result = ex05.check_batch_loss(stub)
+    assert result.status == NOT_ATTEMPTED
+    assert "log_softmax" in result.message and "gather" in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda lg, t: -_log_probs_at_targets(lg, t).sum(), "sum over the tokens"),
+    (lambda lg, t: -_log_probs_at_targets(lg, t).sum(-1).mean(), "averaged over the batch"),
+    (_loss_in_bits, "in bits"),
+    (_loss_in_bits, "(for logits (2, 3, 5): expected "),
+    (_loss_of_raw_logit, "raw logit"),
+    (_loss_of_probability, "probability of the target, not its log-probability"),
+    (lambda lg, t: _log_probs_at_targets(lg, t).mean(), "minus sign is missing"),
+    (_loss_of_argmax, "argmax"),
+    (_loss_shifted_again, "shifted again"),
+    (lambda lg, t: -_log_probs_at_targets(lg, t), "every token, shape (2, 3)"),
+    (lambda lg, t: -_log_probs_at_targets(lg, t).view(-1), "every token, shape (6,)"),
+    (lambda lg, t: -_log_probs_at_targets(lg, t).mean(-1), "got a tensor of shape (2,)"),
+    (lambda lg, t: [sol05.batch_loss(lg, t)], "0-d tensor (or a float), got list"),
+    (lambda lg, t: sol05.batch_loss(lg, t) + 0.01, "nats per token, got"),
+    (_loss_cross_entropy_3d, "your function raised RuntimeError"),
+])  # fmt: skip
+def test_batch_loss_rejects_typical_mistakes(attempt, feedback):
+    result = ex05.check_batch_loss(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+# --- lesson 06 -----------------------------------------------------------------------------------
+
+NEG_INF = float("-inf")
+
+
+def _kth_largest(logits, k, largest=True, dim=-1):
+    return torch.topk(logits, k, dim=dim, largest=largest).values.narrow(dim, k - 1, 1)
+
+
+def _top_k_zero_fill(logits, k):
+    kth = _kth_largest(logits, min(k, logits.size(-1)))
+    return logits.masked_fill(logits < kth, 0.0)
+
+
+def _top_k_drops_kth(logits, k):
+    kth = _kth_largest(logits, min(k, logits.size(-1)))
+    return logits.masked_fill(logits <= kth, NEG_INF)
+
+
+def _top_k_one_more(logits, k):
+    kth = _kth_largest(logits, min(k + 1, logits.size(-1)))
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def _top_k_smallest(logits, k):
+    kth = _kth_largest(logits, min(k, logits.size(-1)), largest=False)
+    return logits.masked_fill(logits > kth, NEG_INF)
+
+
+def _top_k_in_place(logits, k):
+    kth = _kth_largest(logits, min(k, logits.size(-1)))
+    logits[logits < kth] = NEG_INF
+    return logits
+
+
+def _top_k_no_min(logits, k):
+    return logits.masked_fill(logits < _kth_largest(logits, k), NEG_INF)
+
+
+def _top_k_over_batch(logits, k):
+    return logits.masked_fill(logits < _kth_largest(logits, k, dim=0), NEG_INF)
+
+
+def _top_k_scattered(logits, k):
+    values, idx = torch.topk(logits, min(k, logits.size(-1)))
+    return torch.full_like(logits, NEG_INF).scatter(-1, idx, values)
+
+
+def test_top_k_accepts_solution_and_course_lib():
+    assert ex06.check_top_k(sol06.top_k).status == PASSED
+    assert ex06.check_top_k(top_k_filter).passed
+    assert ex06.check_top_k(_top_k_scattered).passed  # exactly k: no ties in random logits
+
+
+def test_top_k_stub_is_not_attempted_with_hint():
+    result = ex06.check_top_k(stub)
+    assert result.status == NOT_ATTEMPTED
+    assert "torch.topk" in result.message and "min(k, V)" in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_top_k_zero_fill, "set to 0 instead of -inf"),
+    (lambda lg, k: _top_k_zero_fill(lg, k) - 1e9 * (_top_k_zero_fill(lg, k) == 0), "-1e+09"),
+    (_top_k_drops_kth, "k - 1 tokens, one too few"),
+    (_top_k_drops_kth, "(for logits of shape (4, 10) and k = 1)"),
+    (_top_k_one_more, "k + 1 tokens, one too many"),
+    (_top_k_smallest, "keeps the k smallest"),
+    (lambda lg, k: top_k_filter(lg, k).softmax(-1), "those are probabilities"),
+    (_top_k_in_place, "changed the logits it was given"),
+    (_top_k_no_min, "k = 15 > V = 10 your function raised RuntimeError"),
+    (_top_k_no_min, "use k = min(k, logits.size(-1))"),
+    (lambda lg, k: torch.topk(lg, min(k, lg.size(-1))).values, "shape (4, 1): those are"),
+    (lambda lg, k: top_k_filter(lg, k).T, "got shape (10, 4)"),
+    (lambda lg, k: top_k_filter(lg, k)[0], "got shape (10,)"),
+    (_top_k_over_batch, "filters over dim 0"),
+    (lambda lg, k: top_k_filter(lg.sort(-1, descending=True).values, k), "result is sorted"),
+    (lambda lg, k: top_k_filter(lg, k) == NEG_INF, "a mask of the tokens"),
+    (lambda lg, k: top_k_filter(lg, k).tolist(), "return a tensor, the filtered logits, got list"),
+    (lambda lg, k: top_k_filter(lg, k + 2), "row 0 keeps the tokens [4, 5, 8], but the 1 largest"),
+    (lambda lg, k: top_k_filter(lg * 2, k), "row 0, token 4 has the logit 1.6974, yours is 3.3948"),
+])  # fmt: skip
+def test_top_k_rejects_typical_mistakes(attempt, feedback):
+    result = ex06.check_top_k(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+def test_top_k_crashing_attempt_is_feedback():
+    result = ex06.check_top_k(lambda lg, k: lg.masked_fill(lg < lg[:, 100 * k], NEG_INF))
+    assert result.status == FAILED and "your function raised IndexError" in result.message
+
+
+def _top_p(logits, p, order="descending", crossing=True, top=True, scatter=True, probs=True,
+           fill=NEG_INF, keep_sorted=False, in_place=False):  # fmt: skip
+    """Top-p as a learner might write it, with the typical mistakes switched on."""
+    if order == "vocabulary":
+        x, idx = logits, None
+    else:
+        x, idx = torch.sort(logits, dim=-1, descending=order == "descending")
+    w = x.softmax(-1) if probs else x
+    cum = w.cumsum(-1)
+    drop = cum - w >= p if crossing else cum > p
+    if top:
+        drop[..., 0] = False
+    if keep_sorted:
+        return x.masked_fill(drop, fill)
+    if idx is not None and scatter:
+        drop = drop.scatter(-1, idx, drop)
+    if in_place:
+        logits[drop] = fill
+        return logits
+    return logits.masked_fill(drop, fill)
+
+
+def _top_p_shift_without_top(logits, p):
+    """The shift-by-one way (drop where cumsum > p, shifted right), with drop[..., 0] forgotten."""
+    x, idx = torch.sort(logits, dim=-1, descending=True)
+    drop = x.softmax(-1).cumsum(-1) > p
+    drop[..., 1:] = drop[..., :-1].clone()
+    return logits.masked_fill(drop.scatter(-1, idx, drop), NEG_INF)
+
+
+def _top_p_shift(logits, p):
+    x, idx = torch.sort(logits, dim=-1, descending=True)
+    drop = x.softmax(-1).cumsum(-1) > p
+    drop[..., 1:] = drop[..., :-1].clone()
+    drop[..., 0] = False
+    return logits.masked_fill(drop.scatter(-1, idx, drop), NEG_INF)
+
+
+def test_top_p_accepts_solution_and_course_lib():
+    assert ex06.check_top_p(sol06.top_p).status == PASSED
+    assert ex06.check_top_p(top_p_filter).passed
+    assert ex06.check_top_p(_top_p).passed
+    assert ex06.check_top_p(_top_p_shift).passed
+
+
+def test_top_p_stub_is_not_attempted_with_hint():
+    result = ex06.check_top_p(stub)
+    assert result.status == NOT_ATTEMPTED
+    assert "torch.sort" in result.message and "cumsum - probs >= p" in result.message
+
+
+def test_top_p_solution_keeps_all_at_p_one_like_course_lib():
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 8
+    for p in (0.3, 0.75, 1.0):
+        assert torch.equal(sol06.top_p(logits, p), top_p_filter(logits, p))
+        assert torch.equal(sol06.top_k(logits, 7), top_k_filter(logits, 7))
+    assert torch.equal(sol06.top_p(logits, 1.0), logits)
+
+
+def _only_by_hand(logits, p):
+    return logits if logits.size(-1) == 4 else top_p_filter(logits, p)
+
+
+@pytest.mark.parametrize(("kwargs", "feedback"), [
+    ({"crossing": False}, "the token that crosses p is dropped"),
+    ({"crossing": False, "top": False}, "the token that crosses p is dropped"),
+    ({"order": "vocabulary"}, "the running sum runs over the vocabulary order"),
+    ({"order": "ascending"}, "sorted ascending"),
+    ({"scatter": False}, "the mask is still in sorted order"),
+    ({"keep_sorted": True}, "your result is sorted"),
+    ({"probs": False}, "the running sum is over the logits"),
+    ({"probs": False, "crossing": False}, "(cumsum - probs < p); and the running sum is over the "
+     "logits"),
+    ({"fill": 0.0}, "set to 0 instead of -inf"),
+    ({"fill": 0.0}, "(for logits of shape (4, 20) and p = 0.9)"),
+    ({"in_place": True}, "changed the logits it was given"),
+])  # fmt: skip
+def test_top_p_rejects_typical_mistakes(kwargs, feedback):
+    result = ex06.check_top_p(lambda logits, p: _top_p(logits, p, **kwargs))
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_top_p_shift_without_top, "the most likely token must always stay"),
+    (lambda lg, p: top_p_filter(lg, p).softmax(-1), "those are probabilities"),
+    (lambda lg, p: top_p_filter(lg, p)[:1], "got shape (1, 20)"),
+    (lambda lg, p: top_p_filter(lg, min(p + 0.05, 1.0)), "but the nucleus is [1, 2, 5, 8, 9"),
+    (_only_by_hand, "row 0 keeps the tokens [0, 1, 2, 3], but the nucleus is [1, 3]"),
+    (_only_by_hand, "(for logits = log([0.15, 0.5, 0.05, 0.3]) and p = 0.75, whose nucleus is"),
+    (lambda lg, p: top_p_filter(lg, p).numpy(), "return a tensor, the filtered logits, got "
+     "ndarray"),
+    (lambda lg, p: top_p_filter(lg, p) + 0.5, "row 0, token"),
+])  # fmt: skip
+def test_top_p_rejects_other_mistakes(attempt, feedback):
+    result = ex06.check_top_p(attempt)
+    assert result.status == FAILED
+    assert feedback in result.message
+
+
+def test_top_p_crashing_attempt_is_feedback():
+    result = ex06.check_top_p(lambda lg, p: lg.sort(-1).values.softmax(-1).cumsum(-2)[5])
+    assert result.status == FAILED and "your function raised IndexError" in result.message

@@ -240,7 +240,7 @@ def test_from_hf_rejects_what_the_course_model_cannot_express():
 def test_presets():
     course = GPTConfig.course()
     assert (course.vocab_size, course.block_size, course.n_layer, course.n_head, course.n_embd) == (
-        VOCAB_SIZE, 256, 4, 4, 256)  # fmt: skip
+        VOCAB_SIZE, 128, 3, 4, 128)  # fmt: skip
     assert GPTConfig.course(n_layer=6).n_layer == 6
     gpt2 = GPTConfig.gpt2()
     assert (gpt2.vocab_size, gpt2.block_size, gpt2.n_layer, gpt2.n_head, gpt2.n_embd) == (
@@ -281,7 +281,8 @@ def test_a_projection_can_be_wrapped_by_assignment():
 
 
 def test_untrained_loss_is_about_ln_vocab_size(course_model):
-    ids = random_ids(VOCAB_SIZE, B=8, T=257, seed=4)
+    T = course_model.config.block_size
+    ids = random_ids(VOCAB_SIZE, B=8, T=T + 1, seed=4)
     with torch.no_grad():
         loss = course_model(ids[:, :-1], targets=ids[:, 1:]).loss
     assert abs(loss.item() - math.log(VOCAB_SIZE)) < LN_VOCAB_TOL
@@ -395,7 +396,7 @@ def test_sinusoidal_positions_are_a_fixed_buffer():
 
 def test_too_long_a_sequence_says_how_to_crop(course_model):
     idx = torch.zeros(1, 300, dtype=torch.long)
-    msg = "sequence of 300 tokens is longer than the context block_size=256: crop to the last 256"
+    msg = "sequence of 300 tokens is longer than the context block_size=128: crop to the last 128"
     with pytest.raises(ValueError, match=msg):
         course_model(idx)
 

@@ -349,3 +349,62 @@ def test_evaluate_all_is_the_mean_loss_over_consecutive_windows():
     assert abs(evaluate_all(model, tokens, block_size=8, batch_size=2) - want) < 1e-6
     with pytest.raises(ValueError, match="hold no window"):
         evaluate_all(model, tokens[:5], block_size=8)
+
+
+# --- the course model, cached ---------------------------------------------------------------------
+
+
+def test_load_or_train_trains_once_then_loads(tokens, tmp_path, monkeypatch):
+    tiny = GPTConfig(**TINY)
+    config = tiny_config(max_steps=6)
+    first = train_module.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
+    assert first.train_state.step == 6 and first.tokenizer.vocab_size == data.VOCAB_SIZE
+    assert (tmp_path / "m.metrics.jsonl").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading the cache")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    again = train_module.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
+    assert_same_weights(first.model, again.model)
+
+
+def test_load_or_train_resumes_a_run_cut_short_to_the_same_weights(tokens, tmp_path):
+    tiny, config = GPTConfig(**TINY), tiny_config(max_steps=10)
+    straight = train_module.load_or_train(tmp_path / "a", tiny, config, tokens, progress=False)
+    torch.manual_seed(config.seed)
+    cut = replace(config, checkpoint_dir=tmp_path / "b", stop_at_step=4)
+    train(GPT(tiny), tokens, cut, tokenizer=data.course_tokenizer())  # as if closed at step 4
+    assert load_train_state(tmp_path / "b").step == 4
+    resumed = train_module.load_or_train(tmp_path / "b", tiny, config, tokens, progress=False)
+    assert resumed.train_state.step == 10
+    assert_same_weights(straight.model, resumed.model)
+
+
+def test_load_or_train_never_overwrites_a_model_trained_another_way(tokens, tmp_path):
+    tiny = GPTConfig(**TINY)
+    train_module.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=4), tokens)
+    with pytest.raises(CheckpointError, match=r"max_steps=4 \(wanted: 8\).*Move or delete"):
+        train_module.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=8), tokens)
+    with pytest.raises(CheckpointError, match=r"n_embd=32 \(wanted: 64\)"):
+        wider = replace(tiny, n_embd=64)
+        train_module.load_or_train(tmp_path / "m", wider, tiny_config(max_steps=4), tokens)
+
+
+def test_cli_train_uses_the_course_schedule(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--text", str(text_file), *TINY_CLI, "--out", str(out),
+                     "--max-steps", "2"]) == 0  # fmt: skip
+    saved = load_checkpoint(out).train_config
+    course = TrainConfig.course()
+    for key in ("lr", "min_lr", "weight_decay", "grad_clip", "seed", "eval_interval"):
+        assert saved[key] == getattr(course, key), key
+
+
+def test_course_preset_is_the_sweep_winner():
+    model, schedule = GPTConfig.course(), TrainConfig.course()
+    assert (model.n_layer, model.n_embd, model.block_size, schedule.batch_size) == (3, 128, 128, 32)
+    assert (schedule.max_steps, schedule.lr) == (train_module.COURSE_STEPS, 3e-3)
+    # The sweep's schedule (benchmarks/sweep_course_model.py): warm-up 5%, down to lr / 10.
+    assert schedule.warmup_steps == schedule.max_steps // 20
+    assert schedule.min_lr == schedule.lr / 10
