@@ -380,6 +380,11 @@ def _train(
         unit="step",
         disable=not config.progress or rank != 0,
         dynamic_ncols=True,
+        # At most about 200 redraws, however long the run: a notebook kernel queues its messages
+        # until they are read, and one that nobody reads live (nbval reads after the cell) drops
+        # them past about a thousand, the end of the cell with them.
+        miniters=max(1, config.max_steps // 200),
+        mininterval=1.0,
     )
     t0 = time.perf_counter()
 
