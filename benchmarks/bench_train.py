@@ -9,8 +9,9 @@ no dropout, and train on the same random token batches: a full step is forward w
 Throughput is tokens per second over --steps steps, the best of --repeats runs that alternate
 the two models. MFU: model FLOPs per second (6N + 12 L C T per token, nanoGPT's estimate_mfu)
 over the float32 matmul peak measured in the same run. Quality (validation bits per character
-in equal wall-clock time, against nanoGPT's character-level baby GPT) is measured by
-``sweep_course_model.py``.
+in equal wall-clock time, against nanoGPT's character-level baby GPT) comes with
+``--quality MINUTES``: the course model and the baby GPT, each probed and then trained for that
+long by ``sweep_course_model.py``'s code (2 x 7.5 minutes for the course's own comparison).
 """
 
 import argparse
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="the reference machine has 2")
     parser.add_argument("--device", help="default: cuda, then mps, then cpu")
+    parser.add_argument(
+        "--quality", type=float, metavar="MINUTES", help="train the course model, the baby GPT too"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = get_device(args.device)
@@ -139,6 +143,11 @@ def main() -> None:
         print(f"{name:<32}{tok_s:>11,.0f}{1e3 * t / args.steps:>9.1f}"
               f"{tok_s * flops_per_token / peak:>8.1%}{ratio:>13}")  # fmt: skip
     print(f"aim: ours / Hugging Face >= {AIM:.1f}x (tokens/s)")
+    if args.quality:
+        from sweep_course_model import COURSE, compare, print_table  # beside this script
+
+        print(f"\nvalidation bits per character after {args.quality} minutes of training each:")
+        print_table(compare([COURSE, "baby"], args.quality))
 
 
 if __name__ == "__main__":

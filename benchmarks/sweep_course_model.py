@@ -43,6 +43,7 @@ CANDIDATES = {
     "L6-W192-T128-B24": (dict(n_layer=6, n_head=6, n_embd=192, block_size=128), 24, 1.5e-3),
 }
 ROUND_2 = list(CANDIDATES)[:6]
+COURSE = "L3-W128-T128-B32-lr3"  # the winner: GPTConfig.course() + TrainConfig.course()
 BABY = (dict(vocab_size=256, n_layer=4, n_head=4, n_embd=128, block_size=64), 12, 1e-3)
 
 
@@ -69,9 +70,9 @@ def step_seconds(config: GPTConfig, data: dict, batch_size: int, lr: float, step
     return (history[-2]["elapsed_s"] - history[4]["elapsed_s"]) / steps  # [-1]: the final eval
 
 
-def run(name: str, config: GPTConfig, data: dict, batch: int, lr: float, per_step: float, args,
-        n_chars: int) -> dict:  # fmt: skip
-    max_steps = max(20, int(args.minutes * 60 / per_step))
+def run(name: str, config: GPTConfig, data: dict, batch: int, lr: float, per_step: float,
+        minutes: float, n_chars: int) -> dict:  # fmt: skip
+    max_steps = max(20, int(minutes * 60 / per_step))
     seed_everything(1337)
     model = GPT(config)
     start = time.perf_counter()
@@ -95,24 +96,16 @@ def run(name: str, config: GPTConfig, data: dict, batch: int, lr: float, per_ste
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=7.5)
-    parser.add_argument("--only", nargs="*", default=None, help="candidate names (and 'baby')")
-    parser.add_argument("--probe", action="store_true", help="only time the steps of each")
-    parser.add_argument("--probe-steps", type=int, default=30)
-    parser.add_argument("--out", default="sweep_results.jsonl")
-    args = parser.parse_args()
-    torch.set_num_threads(2)  # the course's reference machine: 2 cores
-
+def compare(names: list[str], minutes: float, probe_steps: int = 30, probe_only: bool = False,
+            out: str | None = None) -> list[dict]:  # fmt: skip
+    """Probe, then train each named candidate (or "baby") for ``minutes``; the result rows."""
+    unknown = set(names) - set(CANDIDATES) - {"baby"}
+    if unknown:
+        raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {[*CANDIDATES, 'baby']}")
     splits = load_splits()
     n_chars = len(splits.text("val", sep=""))
     bpe = {"train": load_tokens("train"), "val": load_tokens("val")}
     chars = {s: torch.tensor(list(splits.text(s).encode("ascii"))) for s in ("train", "val")}
-    names = args.only or [*ROUND_2, "baby"]
-    unknown = set(names) - set(CANDIDATES) - {"baby"}
-    if unknown:
-        parser.error(f"unknown candidates {sorted(unknown)}; known: {[*CANDIDATES, 'baby']}")
     jobs = {}
     for name in names:
         if name == "baby":
@@ -124,24 +117,39 @@ def main() -> None:
     # Every probe first, in a minute or so of an idle machine; then the long runs.
     per_step = {}
     for name, (config, data, batch, lr, _) in jobs.items():
-        per_step[name] = step_seconds(config, data, batch, lr, args.probe_steps)
-        steps = int(args.minutes * 60 / per_step[name])
-        print(f"{name:>20}: {per_step[name]:.4f} s/step -> {steps} steps in {args.minutes} min")
-    if args.probe:
-        return
+        per_step[name] = step_seconds(config, data, batch, lr, probe_steps)
+        steps = int(minutes * 60 / per_step[name])
+        print(f"{name:>20}: {per_step[name]:.4f} s/step -> {steps} steps in {minutes} min")
     rows = []
-    for name, (config, data, batch, lr, n) in jobs.items():
-        rows.append(run(name, config, data, batch, lr, per_step[name], args, n))
-        with open(args.out, "a") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
+    for name, (config, data, batch, lr, n) in ({} if probe_only else jobs).items():
+        rows.append(run(name, config, data, batch, lr, per_step[name], minutes, n))
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    base = next((r for r in rows if r["name"] == "baby"), None)
+    print(f"\n{'candidate':>20} {'params':>9} {'steps':>6} {'val bpc':>8} {'vs baby':>8}")
+    for r in rows:
+        ratio = f"{r['val_bpc'] / base['val_bpc']:.3f}x" if base else ""
+        print(f"{r['name']:>20} {r['params']:>9,} {r['steps']:>6} {r['val_bpc']:>8.3f} {ratio:>8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=7.5)
+    parser.add_argument("--only", nargs="*", default=None, help="candidate names (and 'baby')")
+    parser.add_argument("--probe", action="store_true", help="only time the steps of each")
+    parser.add_argument("--probe-steps", type=int, default=30)
+    parser.add_argument("--out", default="sweep_results.jsonl")
+    args = parser.parse_args()
+    torch.set_num_threads(2)  # the course's reference machine: 2 cores
+    names = args.only or [*ROUND_2, "baby"]
+    rows = compare(names, args.minutes, args.probe_steps, args.probe, args.out)
     if rows:
-        base = next((r for r in rows if r["name"] == "baby"), None)
-        print(f"\n{'candidate':>20} {'params':>9} {'steps':>6} {'val bpc':>8} {'vs baby':>8}")
-        for r in rows:
-            ratio = f"{r['val_bpc'] / base['val_bpc']:.3f}x" if base else ""
-            print(
-                f"{r['name']:>20} {r['params']:>9,} {r['steps']:>6} {r['val_bpc']:>8.3f} {ratio:>8}"
-            )
+        print_table(rows)
 
 
 if __name__ == "__main__":
