@@ -228,6 +228,7 @@ class MultiHeadAttention(nn.Module):
         """
         if x.dim() != 3 or x.size(-1) != self.n_embd:
             raise ValueError(f"x must be (B, T, C) with C={self.n_embd}, got {_shape(x)}")
+        T = x.size(1)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, nh, T, hd)
         T_past = 0
@@ -236,10 +237,12 @@ class MultiHeadAttention(nn.Module):
             k, v = kv_cache.append(k, v)  # (B, nh, T_total, hd), T_total = T_past + T
 
         mask = None
-        if self.causal and (need_weights or T_past):
+        if self.causal and T > 1 and (need_weights or T_past):
             # The new queries are the last T rows of the causal mask over all T_total tokens:
-            # query t, at absolute position T_past + t, sees keys 0 .. T_past + t.
-            mask = causal_mask(k.size(2), x.device)[T_past:]  # (T, T_total)
+            # query t, at absolute position T_past + t, sees keys 0 .. T_past + t. Only those
+            # rows are built. A single new query (one token of generation) needs no mask: every
+            # key it sees is in its past.
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(T_past)
         if need_weights:
             y, att = scaled_dot_product_attention(q, k, v, mask)  # att: (B, nh, T, T_total)
             if self.training and self.dropout > 0:
