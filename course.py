@@ -7,7 +7,9 @@
 
 Setting up creates ``.venv/``, installs ``course_lib`` and its pinned dependencies into it, and
 prepares the corpus under ``data/``. Each step is skipped when already done, so a second run
-starts at once. Extra arguments after ``test`` go to pytest (``python3 course.py test -x -k data``).
+starts at once. Extra arguments after ``test`` go to pytest (``python3 course.py test -x -k data``),
+after ``lab`` to JupyterLab (``python3 course.py lab --ip 0.0.0.0``, e.g. in a container). Run as
+root, JupyterLab gets ``--allow-root``: containers and cloud notebooks often run as root.
 Maintainers re-store notebook outputs with ``python3 course.py --headless --save``.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +30,11 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / "course-setup.txt"
 NOTEBOOKS = ROOT / "notebooks"
+# JupyterLab settings of the course, as defaults a learner can still change in Settings: no
+# "get notified about official Jupyter news?" pop-up, and no request to the news feed (the course
+# runs offline). A settings-overrides file of JupyterLab's own, in .venv's JupyterLab.
+LAB_SETTINGS = VENV / "share" / "jupyter" / "lab" / "settings" / "overrides.d" / "gpt-course.json"
+LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
 
 
 def run(*cmd: str | Path, **kw) -> None:
@@ -51,6 +59,20 @@ def setup() -> None:
         run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", *quiet, "-e", ".[dev]")
         STAMP.write_text(wanted + "\n")
     run(PYTHON, "-m", "course_lib", "prepare")
+
+
+def lab_command(extra: list[str]) -> list[str | Path]:
+    """JupyterLab on notebooks/ (``extra``: its options). As root it needs ``--allow-root``."""
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0  # Windows has no geteuid
+    allow_root = ["--allow-root"] if as_root else []
+    return [PYTHON, "-m", "jupyter", "lab", *allow_root, *extra, NOTEBOOKS]
+
+
+def write_lab_settings() -> None:
+    text = json.dumps(LAB_OVERRIDES, indent=2) + "\n"
+    if not LAB_SETTINGS.is_file() or LAB_SETTINGS.read_text() != text:
+        LAB_SETTINGS.parent.mkdir(parents=True, exist_ok=True)
+        LAB_SETTINGS.write_text(text)
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -125,7 +147,7 @@ def main() -> None:
     if args.in_venv:  # second stage: running inside .venv, where nbclient is installed
         run_notebooks(args.only, args.save)
         return
-    if extra and args.command != "test":
+    if extra and args.command != "test" and args.headless:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     setup()
     if args.command == "test":
@@ -140,7 +162,8 @@ def main() -> None:
         run(PYTHON, __file__, "--in-venv", *only, *(["--save"] if args.save else []))
         return
     run(PYTHON, "-m", "jupyter", "trust", *notebooks())
-    run(PYTHON, "-m", "jupyter", "lab", NOTEBOOKS)
+    write_lab_settings()
+    run(*lab_command(extra))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import time
 import torch
 import transformers
 
+from course_lib.config import TrainConfig
 from course_lib.env import get_device
 from course_lib.model import GPT, GPTConfig
-from course_lib.train import TrainConfig, configure_optimizer
+from course_lib.optim import configure_optimizer
 
 AIM = 1.2  # ours / Hugging Face, tokens per second
 

@@ -23,10 +23,12 @@ import time
 
 import torch
 
+from course_lib.config import TrainConfig
 from course_lib.data import load_splits, load_tokens
 from course_lib.env import seed_everything
+from course_lib.metrics import evaluate_all
 from course_lib.model import GPT, GPTConfig
-from course_lib.train import TrainConfig, evaluate_all, train
+from course_lib.train import train
 
 # name: (model shape, batch_size, lr). Round 1 (see README.md) found that in 8 minutes the
 # smallest, fastest shape wins; round 2 searches around it: depth, width, context, lr.

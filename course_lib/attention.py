@@ -198,9 +198,10 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         causal: bool = True,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if n_head < 1 or n_embd % n_head:
+        if head_dim is None and (n_head < 1 or n_embd % n_head):
             divisors = ", ".join(str(d) for d in range(1, n_embd + 1) if n_embd % d == 0)
             raise ValueError(
                 f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_head among the "
@@ -208,10 +209,14 @@ class MultiHeadAttention(nn.Module):
             )
         self.n_embd = n_embd
         self.n_head = n_head
+        # Heads are n_embd // n_head wide; pruning heads away (Lesson 08) keeps their width, so
+        # the heads together may be narrower than the residual stream: n_head * head_dim <= C.
+        self.head_dim = head_dim or n_embd // n_head
         self.dropout = dropout
         self.causal = causal
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        inner = self.n_head * self.head_dim
+        self.c_attn = nn.Linear(n_embd, 3 * inner, bias=bias)
+        self.c_proj = nn.Linear(inner, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -229,7 +234,7 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.size(-1) != self.n_embd:
             raise ValueError(f"x must be (B, T, C) with C={self.n_embd}, got {_shape(x)}")
         T = x.size(1)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)  # 3 x (B, T, C)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, nh, T, hd)
         T_past = 0
         if kv_cache is not None:

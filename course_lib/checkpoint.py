@@ -1,4 +1,4 @@
-"""Checkpoints: a trained model, its tokenizer and its training state in one folder.
+"""Checkpoints: a model, how it was changed, its tokenizer and its training state in one folder.
 
 Lesson 05 (pretraining) derives this.
 
@@ -6,14 +6,20 @@ A checkpoint is a folder of plain files, nothing pickled, so loading one runs no
 
     course/
       model.safetensors        the weights; the tied wte/lm_head matrix stored once
-      config.json              {"model": GPTConfig fields, "train": TrainConfig fields or null}
+      config.json              {"model": GPTConfig fields, "changes": [...], "train": TrainConfig
+                               fields or null, "run": what the run trained with, or null}
       tokenizer.json           the tokenizer (Hugging Face format), when one was given
       train_state.safetensors  optimizer moments and step, RNG states (uint8), for exact resume
       train_state.json         the step, elapsed seconds, python's random state, optimizer settings
 
+A changed model (LoRA adapters, quantized layers, pruned heads: ``course_lib.changes``) records
+its changes in config.json; loading builds ``GPT(config)``, replays them, and only then loads
+the weights, checking every name, shape and dtype: an int8 tensor is never cast silently.
+
 It is written atomically: everything goes into a sibling folder ``course.tmp-<pid>``, is flushed
-to disk, and only then replaces ``course`` (``data._fresh_folder`` / ``data._swap_in``). A crash
-while saving leaves the previous checkpoint as it was.
+to disk, and only then replaces ``course`` (``files.fresh_folder`` / ``files.swap_in``). A crash
+while saving leaves the previous checkpoint as it was; a crash between the two renames of the
+swap is finished by the next reader (``files.recover``).
 
     >>> from course_lib.checkpoint import load_checkpoint, save_checkpoint
     >>> save_checkpoint("runs/tiny", model, tokenizer)          # doctest: +SKIP
@@ -23,91 +29,53 @@ while saving leaves the previous checkpoint as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
-import os
-import random
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
-from torch import Tensor, nn
+from safetensors import SafetensorError, safe_open
+from torch import nn
 
-from course_lib.data import _fresh_folder, _swap_in, _write_atomic
+from course_lib.changes import ChangeError, replay
+from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swap_in, write_atomic
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
+from course_lib.train_state import (
+    STATE_JSON,
+    STATE_TENSORS,
+    TrainState,
+    read_train_state,
+    save_train_state,
+)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
-STATE_TENSORS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 FORMAT = "course_lib checkpoint"
+VERSION = 2  # 1: no "changes" and no "run" in config.json (read as none)
 T = TypeVar("T")
-VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged or inconsistent; the message names the path and the fix."""
 
 
-@dataclass
-class TrainState:
-    """Everything besides the weights that exact resume needs.
-
-    step: optimizer updates done (training resumes at this step); elapsed_s: training seconds so
-    far; batch_rng: the state of the generator that draws the batches (where in the data we
-    are); torch_rng, cuda_rng: PyTorch's global generators (dropout masks); python_rng:
-    ``random.getstate()``; optimizer: ``optimizer.state_dict()`` (AdamW's moments and step).
-    """
-
-    step: int
-    elapsed_s: float = 0.0
-    batch_rng: Tensor | None = None  # (5056,) uint8 for a CPU torch.Generator
-    torch_rng: Tensor | None = None  # (5056,) uint8
-    cuda_rng: list[Tensor] = field(default_factory=list)  # one uint8 tensor per GPU
-    python_rng: tuple | None = None
-    optimizer: dict | None = None
-
-    @classmethod
-    def capture(
-        cls, step: int, generator: torch.Generator | None = None, elapsed_s: float = 0.0
-    ) -> TrainState:
-        """The random-number state of this process now, at ``step``, with the batch generator's."""
-        return cls(
-            step=step,
-            elapsed_s=elapsed_s,
-            batch_rng=None if generator is None else generator.get_state(),
-            torch_rng=torch.get_rng_state(),
-            cuda_rng=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-            python_rng=random.getstate(),
-        )
-
-    def restore_rng(self, generator: torch.Generator | None = None) -> None:
-        """Put every random-number generator back where ``capture`` found it."""
-        if generator is not None and self.batch_rng is not None:
-            generator.set_state(self.batch_rng)
-        if self.torch_rng is not None:
-            torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng and torch.cuda.is_available():
-            # A checkpoint from more GPUs than this machine has restores the ones that exist.
-            torch.cuda.set_rng_state_all(self.cuda_rng[: torch.cuda.device_count()])
-        if self.python_rng is not None:
-            random.setstate(self.python_rng)
+def _retry(load: Callable[..., T]) -> Callable[..., T]:
+    return retry_if_swapped(load, (CheckpointError, OSError, RuntimeError))
 
 
 @dataclass
 class Checkpoint:
     """What ``load_checkpoint`` returns. ``train_config`` is the TrainConfig as saved, a dict
-    (``TrainConfig(**ckpt.train_config)`` rebuilds it); tokenizer and train state may be None."""
+    (``TrainConfig(**ckpt.train_config)`` rebuilds it); ``run`` says what the run trained with
+    (loss, batches, trainable parameters); tokenizer, train state and run may be None. The
+    model's changes are ``ckpt.model.changes``."""
 
     path: Path
     model: GPT
@@ -115,6 +83,7 @@ class Checkpoint:
     tokenizer: BPETokenizer | None
     train_state: TrainState | None
     train_config: dict | None
+    run: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,11 +97,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     train_state: TrainState | None = None,
     train_config: Any = None,
+    run: dict | None = None,
 ) -> Path:
     """Write ``model`` (and whatever else is given) as the checkpoint folder ``path``, atomically.
 
     ``optimizer`` is stored with ``train_state`` (which says at which step it is); pass both to
-    be able to resume. ``train_config`` is a dataclass (TrainConfig) or a dict. Returns ``path``.
+    be able to resume. ``train_config`` is a dataclass (TrainConfig) or a dict; ``run`` a dict
+    of what the run trained with (``train`` fills it). Returns ``path``.
     """
     path = Path(path)
     config = getattr(model, "config", None)
@@ -145,124 +116,43 @@ def save_checkpoint(
             "an optimizer is saved as part of the training state: pass train_state too, e.g. "
             "TrainState.capture(step, generator)"
         )
-    _recover(path)
-    tmp = _fresh_folder(path)
+    recover(path, CONFIG)
+    tmp = fresh_folder(path)
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(model).items()}
-        _write_atomic(tmp / WEIGHTS, safetensors.torch.save(tensors))
+        # The folder is swapped in whole, so its files need no atomic writes of their own, only
+        # a flush to the disk. safetensors stores each shared (tied) tensor once.
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER)
-            _fsync(tmp / TOKENIZER)
         if train_state is not None:
-            _save_train_state(tmp, train_state, optimizer)
+            save_train_state(tmp, train_state, optimizer)
         if dataclasses.is_dataclass(train_config):
             train_config = dataclasses.asdict(train_config)
         meta = {
             "format": FORMAT,
             "version": VERSION,
             "model": dataclasses.asdict(config),
+            "changes": getattr(model, "changes", []),
             "train": train_config,
+            "run": run,
         }
-        # config.json last: a folder that has it is complete (what _recover relies on).
-        _write_atomic(tmp / CONFIG, _json(meta))
-        _fsync(tmp)  # the folder's entries, before it takes the checkpoint's name
+        for file in tmp.iterdir():
+            fsync(file)
+        # config.json last: a folder that has it is complete (what files.recover relies on).
+        write_atomic(tmp / CONFIG, _json(meta))
+        fsync(tmp)  # the folder's entries, before it takes the checkpoint's name
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the old checkpoint was never touched
         raise
-    _swap_in(tmp, path)
-    _fsync(path.parent)
+    swap_in(tmp, path)
+    fsync(path.parent)
     for stale in [*path.parent.glob(f"{path.name}.tmp-*"), *path.parent.glob(f"{path.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # leftovers of saves killed before this one
     return path
 
 
-def _unique_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict with each shared tensor once: the tied lm_head.weight is wte.weight.
-
-    safetensors refuses two names for one memory; loading re-ties them (see ``load_weights``).
-    """
-    out, seen = {}, set()
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-        if key not in seen:
-            seen.add(key)
-            out[name] = t
-    return out
-
-
-def _save_train_state(
-    folder: Path, state: TrainState, optimizer: torch.optim.Optimizer | None
-) -> None:
-    # Tensors go to safetensors (exact bytes, no pickle); the rest is small and goes to JSON.
-    tensors: dict[str, Tensor] = {}
-    if state.batch_rng is not None:
-        tensors["rng.batches"] = state.batch_rng
-    if state.torch_rng is not None:
-        tensors["rng.torch"] = state.torch_rng
-    for i, s in enumerate(state.cuda_rng):
-        tensors[f"rng.cuda.{i}"] = s
-    sd = optimizer.state_dict() if optimizer is not None else state.optimizer
-    opt_json = None
-    if sd is not None:
-        other: dict[str, dict] = {}
-        for idx, s in sd["state"].items():
-            for key, value in s.items():
-                if isinstance(value, Tensor):
-                    tensors[f"optimizer.{idx}.{key}"] = value
-                else:
-                    other.setdefault(str(idx), {})[key] = value
-        opt_json = {"param_groups": sd["param_groups"], "state": other}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _write_atomic(folder / STATE_TENSORS, safetensors.torch.save(tensors))
-    py = state.python_rng
-    meta = {
-        "step": state.step,
-        "elapsed_s": state.elapsed_s,
-        "cuda_devices": len(state.cuda_rng),
-        "python_rng": None if py is None else [py[0], list(py[1]), py[2]],
-        "optimizer": opt_json,
-    }
-    _write_atomic(folder / STATE_JSON, _json(meta))
-
-
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, default=str).encode()  # default=str: Path values
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's list of entries, to the disk (POSIX; elsewhere a no-op)."""
-    if os.name != "posix":  # Windows cannot open a folder, nor fsync a read-only handle
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _recover(path: Path) -> None:
-    """Finish a swap that a crash cut short.
-
-    ``_swap_in`` renames the old folder to ``<name>.old-<pid>``, deletes it, then renames the
-    new one from ``<name>.tmp-<pid>`` to ``<name>``. Killed in between, ``<name>`` is missing
-    and the new folder is complete (it has config.json, written last), so it takes its place.
-    """
-    siblings = [*path.parent.glob(f"{path.name}.tmp-*"), *path.parent.glob(f"{path.name}.old-*")]
-    if path.exists() or not siblings:
-        return
-    # A save running right now is between its renames for a moment: let it finish first,
-    # rather than race it (it would then find its folder gone and fail).
-    deadline = time.monotonic() + 1.0
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    complete = [d for d in path.parent.glob(f"{path.name}.tmp-*") if (d / CONFIG).is_file()]
-    if path.exists() or not complete:
-        return
-    newest = max(complete, key=lambda d: (d / CONFIG).stat().st_mtime_ns)
-    with contextlib.suppress(OSError):  # another reader may be recovering it too
-        os.replace(newest, path)
-    for old in path.parent.glob(f"{path.name}.old-*"):
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,49 +162,25 @@ def _recover(path: Path) -> None:
 def checkpoint_exists(path: str | Path) -> bool:
     """Whether ``path`` holds a checkpoint (after finishing a swap a crash interrupted)."""
     path = Path(path)
-    _recover(path)
+    recover(path, CONFIG)
     return (path / WEIGHTS).is_file()
 
 
-def _retry_if_swapped(load: Callable[..., T]) -> Callable[..., T]:
-    """Read again when a save swapped the folder in while we read it (training runs while a
-    notebook loads its latest checkpoint): files vanish under the reader for a moment."""
-
-    @functools.wraps(load)
-    def wrapper(path: str | Path, *args: Any, **kwargs: Any) -> T:
-        for attempt in range(3):
-            before = _identity(Path(path))
-            try:
-                result = load(path, *args, **kwargs)
-            except (CheckpointError, OSError, RuntimeError):
-                if attempt == 2 or _identity(Path(path)) == before:
-                    raise  # nothing changed under us: the error is real
-                continue
-            if attempt == 2 or _identity(Path(path)) == before:
-                return result  # read from one folder, start to end
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-@_retry_if_swapped
+@_retry
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:
-    """Read the checkpoint folder ``path``: the model (in eval mode), its config, tokenizer and
-    training state. ``device=None`` keeps the weights on the CPU, where any device can take
-    them (``model.to(get_device())`` moves them). Never unpickles: safetensors and JSON only.
+    """Read the checkpoint folder ``path``: the model (changes replayed, in eval mode), its
+    config, tokenizer, training state and run. ``device=None`` keeps the weights on the CPU,
+    where any device can take them (``model.to(get_device())`` moves them). Never unpickles:
+    safetensors and JSON only.
     """
-    path = Path(path)
-    folder = _check_folder(path)
-    config, train_config = read_config(folder)
+    folder = _check_folder(Path(path))
+    meta = read_meta(folder)
+    config = GPTConfig(**meta["model"])
     model = GPT(config)
+    try:
+        replay(model, meta.get("changes") or [])
+    except ChangeError as err:
+        raise CheckpointError(f"{folder / CONFIG}: {err}") from None
     load_weights(model, folder, config_source=folder / CONFIG)
     model.eval()
     if device is not None:
@@ -330,7 +196,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
             ) from None
         if tokenizer.vocab_size != config.vocab_size:
             raise CheckpointError(_vocab_mismatch(folder, tokenizer.vocab_size, config.vocab_size))
-    return Checkpoint(folder, model, config, tokenizer, load_train_state(folder), train_config)
+    state = load_train_state(folder)
+    return Checkpoint(folder, model, config, tokenizer, state, meta.get("train"), meta.get("run"))
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> GPT:
@@ -341,36 +208,54 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> GP
 def load_weights(
     model: nn.Module, path: str | Path, config_source: str | Path | None = None
 ) -> nn.Module:
-    """Load ``<path>/model.safetensors`` into ``model``, checking every name and shape.
+    """Load ``<path>/model.safetensors`` into ``model``, checking every name, shape and dtype.
 
     Tied parameters (lm_head.weight is wte.weight) are stored once and filled through their
-    twin. A shape that does not fit says which config fields differ from the weights.
+    twin. A tensor that does not fit says which tensor, what the model expected, and the fix.
     """
     folder = _check_folder(Path(path))
     file = folder / WEIGHTS
-    try:
-        tensors = safetensors.torch.load_file(file)
+    try:  # the header alone: names, shapes and dtypes, checked before anything is copied
+        with safe_open(file, "pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118
+            stored = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(
             f"{file} is damaged ({err}): the file is truncated or corrupted, e.g. by a copy or "
             f"a save that was cut short. Restore it from a backup or train the model again"
         ) from None
     expected = model.state_dict()
+    source = config_source or "the model's config"
+    changes = getattr(model, "changes", [])
+    built = f"{source} gives a model" + (
+        f" (changed by {', '.join(c['change'] for c in changes)})" if changes else ""
+    )
+    fix = (
+        "the config and the weights come from different models. Put back the config.json "
+        "saved with these weights (a changed model, e.g. LoRA or quantized, records its "
+        "changes there), or build the model the weights were trained for"
+    )
+    for name, (_, dtype) in stored.items():  # a dtype first: the likeliest mistake
+        if name in expected and _DTYPES.get(dtype) != expected[name].dtype:
+            raise CheckpointError(
+                f"{file} holds {name} as {dtype}, but {built} that expects "
+                f"{expected[name].dtype} there, and a cast would change the numbers silently: "
+                f"{fix}"
+            )
+    for name, (shape, _) in stored.items():
+        if name not in expected:
+            raise CheckpointError(f"{file} holds {name}, but {built} with no such tensor: {fix}")
+        if tuple(expected[name].shape) != shape:
+            hint = _shape_hint(stored, getattr(model, "config", None))
+            raise CheckpointError(
+                f"{file} holds {name} of shape {shape}, but {built} with "
+                f"{tuple(expected[name].shape)}{hint}: {fix}"
+            )
     # Which names share memory in this model, so a tied twin counts as loaded.
     twins: dict[tuple, list[str]] = {}
     for name, t in expected.items():
         twins.setdefault((t.untyped_storage().data_ptr(), t.storage_offset()), []).append(name)
-    loaded = {n for names in twins.values() if set(names) & set(tensors) for n in names}
-    source = config_source or "the model's config"
-    for name, t in tensors.items():
-        if name not in expected or expected[name].shape != t.shape:
-            want = tuple(expected[name].shape) if name in expected else "no such parameter"
-            raise CheckpointError(
-                f"{file} holds {name} of shape {tuple(t.shape)}, but {source} gives a model "
-                f"with {want}{_shape_hint(tensors, getattr(model, 'config', None))}: the config "
-                f"and the weights come from different models. Put back the config.json saved "
-                f"with these weights, or build the model with the config they were trained with"
-            )
+    loaded = {n for names in twins.values() if set(names) & set(stored) for n in names}
     missing = sorted(set(expected) - loaded)
     if missing:
         raise CheckpointError(
@@ -378,11 +263,16 @@ def load_weights(
             f"{', ...' if len(missing) > 3 else ''}): it holds another architecture than "
             f"{source} describes. Use the config.json saved with these weights"
         )
-    model.load_state_dict(tensors, strict=False)  # strict=False: tied twins are not in the file
+    safetensors.torch.load_model(model, str(file), strict=True)  # re-ties shared tensors
     return model
 
 
-@_retry_if_swapped
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
+
+
+@_retry
 def load_train_state(path: str | Path) -> TrainState | None:
     """The training state of a checkpoint folder, or None if it was saved without one."""
     folder = _check_folder(Path(path))
@@ -397,37 +287,12 @@ def load_train_state(path: str | Path) -> TrainState | None:
             f"model (load_model), or train from the start"
         )
     try:
-        tensors = safetensors.torch.load_file(folder / STATE_TENSORS)
-        meta = json.loads((folder / STATE_JSON).read_text())
-        step = int(meta["step"])
+        return read_train_state(folder)
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"the training state in {folder} is damaged ({err}): the model still loads "
             f"(load_model), but resuming needs a good checkpoint; train from the start"
         ) from None
-    py = meta.get("python_rng")
-    state = TrainState(
-        step=step,
-        elapsed_s=float(meta.get("elapsed_s", 0.0)),
-        batch_rng=tensors.get("rng.batches"),
-        torch_rng=tensors.get("rng.torch"),
-        cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(meta.get("cuda_devices", 0))],
-        python_rng=None if py is None else (py[0], tuple(py[1]), py[2]),
-    )
-    opt = meta.get("optimizer")
-    if opt is not None:
-        opt_state: dict[int, dict] = {}
-        for name, t in tensors.items():
-            if name.startswith("optimizer."):
-                _, idx, key = name.split(".", 2)
-                opt_state.setdefault(int(idx), {})[key] = t
-        for idx, values in opt["state"].items():
-            opt_state.setdefault(int(idx), {}).update(values)
-        groups = [
-            {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in opt["param_groups"]
-        ]
-        state.optimizer = {"state": opt_state, "param_groups": groups}
-    return state
 
 
 def _check_folder(path: Path) -> Path:
@@ -435,7 +300,7 @@ def _check_folder(path: Path) -> Path:
         raise CheckpointError(
             f"{path} is the weights file of a checkpoint: pass its folder, {path.parent}"
         )
-    _recover(path)
+    recover(path, CONFIG)
     if not path.is_dir():
         raise CheckpointError(
             f"no checkpoint at {path}: train one with `course-lib train` or pass the folder "
@@ -450,12 +315,18 @@ def _check_folder(path: Path) -> Path:
     return path
 
 
-def read_config(path: str | Path) -> tuple[GPTConfig, dict | None]:
-    """The model's GPTConfig and the TrainConfig dict (or None) saved in a checkpoint folder."""
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint folder's config.json, checked: "model" (GPTConfig fields), "changes" (a
+    list, empty for a checkpoint of format version 1), "train" and "run" (dicts or None)."""
     file = _check_folder(Path(path)) / CONFIG
     try:
         meta = json.loads(file.read_text())
-        return GPTConfig(**meta["model"]), meta.get("train")
+        GPTConfig(**meta["model"])
+        if not isinstance(meta.setdefault("changes", []), list):
+            raise TypeError(f"changes must be a list, got {type(meta['changes']).__name__}")
+        meta.setdefault("train", None)
+        meta.setdefault("run", None)
+        return meta
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"{file} is not a valid checkpoint config ({type(err).__name__}: {err}): it needs "
@@ -464,14 +335,29 @@ def read_config(path: str | Path) -> tuple[GPTConfig, dict | None]:
         ) from None
 
 
-def _shape_hint(tensors: dict[str, Tensor], config: GPTConfig | None) -> str:
-    """'; the weights have n_embd=32 where the config says n_embd=64' or ''."""
+def read_config(path: str | Path) -> tuple[GPTConfig, dict | None]:
+    """The model's GPTConfig and the TrainConfig dict (or None) saved in a checkpoint folder."""
+    meta = read_meta(path)
+    return GPTConfig(**meta["model"]), meta["train"]
+
+
+def differences(saved: Any, wanted: Any, label: str, names: tuple[str, ...] = ()) -> list[str]:
+    """["n_embd=32 (this model: 64)", ...]: the fields (all, or ``names``) of two dataclasses
+    that differ, to explain why a checkpoint does not fit."""
+    names = names or tuple(f.name for f in dataclasses.fields(saved))
+    return [f"{k}={getattr(saved, k)} ({label}: {getattr(wanted, k)})"
+            for k in names if getattr(saved, k) != getattr(wanted, k)]  # fmt: skip
+
+
+def _shape_hint(stored: dict[str, tuple], config: GPTConfig | None) -> str:
+    """'; the weights have n_embd=32 where it says n_embd=64' or ''."""
     found = {}
-    if "transformer.wte.weight" in tensors:
-        found["vocab_size"], found["n_embd"] = tensors["transformer.wte.weight"].shape
-    if "transformer.wpe.weight" in tensors:
-        found["block_size"] = tensors["transformer.wpe.weight"].shape[0]
-    layers = {k.split(".")[2] for k in tensors if k.startswith("transformer.h.")}
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        if name in stored:
+            found["vocab_size"], found["n_embd"] = stored[name][0]
+    if "transformer.wpe.weight" in stored:
+        found["block_size"] = stored["transformer.wpe.weight"][0][0]
+    layers = {k.split(".")[2] for k in stored if k.startswith("transformer.h.")}
     if layers:
         found["n_layer"] = len(layers)
     if config is None:

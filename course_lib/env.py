@@ -7,6 +7,7 @@ device(type='cpu')
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -82,3 +83,11 @@ def environment_report() -> dict[str, str]:
     report["cpu cores"] = str(os.cpu_count())
     report["executable"] = sys.executable
     return report
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 matmuls on GPUs (fast, and float32's range: no loss scaling needed); CPUs keep
+    float32, which is exactly reproducible."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -23,7 +23,7 @@ lessons can wrap one (LoRA in Lesson 07, int8 in Lesson 08) by assigning to it.
     >>> config = GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32)
     >>> model = GPT(config).eval()
     >>> idx = torch.randint(0, 100, (2, 8))                 # (B, T) token ids
-    >>> logits, loss, _ = model(idx[:, :-1], targets=idx[:, 1:])
+    >>> logits, loss, *_ = model(idx[:, :-1], targets=idx[:, 1:])
     >>> logits.shape                                        # (B, T, vocab_size)
     torch.Size([2, 7, 100])
     >>> round(loss.item(), 1)                               # untrained: about ln(100) = 4.6
@@ -38,101 +38,24 @@ lessons can wrap one (LoRA in Lesson 07, int8 in Lesson 08) by assigning to it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.attention import KVCache, MultiHeadAttention
-from course_lib.data import VOCAB_SIZE
+from course_lib.config import GPTConfig
 from course_lib.positional import sinusoidal_encoding
 
 if TYPE_CHECKING:  # transformers is imported only when converting: it takes seconds to load.
     from transformers import GPT2LMHeadModel
 
-POSITIONS = ("learned", "sinusoidal")
 # Targets equal to this are skipped by the loss (the default of F.cross_entropy and of
 # Hugging Face's labels), e.g. to train only on the answer part of a sequence.
 IGNORE_INDEX = -100
 # param_counts: which part a parameter belongs to, by a piece of its name (else "embeddings").
 PARTS = ((".attn.", "attention"), (".mlp.", "mlp"), ("ln_", "layernorms"))
-# GPT-2's Conv1D layers store their weight as (in, out), the transpose of nn.Linear's (out, in).
-CONV1D_WEIGHTS = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
-
-
-@dataclass
-class GPTConfig:
-    """The shape of a GPT. ``C = n_embd`` is the width of the residual stream.
-
-    vocab_size: number of token ids; block_size: the context, the most tokens the model sees at
-    once; n_layer: blocks; n_head: attention heads per block, each n_embd // n_head wide;
-    dropout: one rate for embeddings, attention weights and residual branches (GPT-2's
-    embd_pdrop = attn_pdrop = resid_pdrop); bias: biases in the Linear layers and LayerNorms;
-    positions: "learned" (GPT-2's nn.Embedding) or "sinusoidal" (a fixed table, Vaswani et al.).
-    """
-
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-    bias: bool = True
-    positions: str = "learned"
-    layer_norm_epsilon: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}, expected a positive integer (>= 1)")
-        if self.n_embd % self.n_head:
-            divisors = ", ".join(str(d) for d in range(1, self.n_embd + 1) if self.n_embd % d == 0)
-            lower = self.n_embd - self.n_embd % self.n_head
-            raise ValueError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
-                f"n_embd // n_head channels. Pick n_head among the divisors of n_embd "
-                f"({divisors}) or n_embd a multiple of n_head (e.g. {lower or self.n_head} or "
-                f"{lower + self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout}, expected a probability in [0, 1)")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions={self.positions!r}, expected one of {POSITIONS}")
-        if self.positions == "sinusoidal" and self.n_embd % 2:
-            raise ValueError(
-                f"positions='sinusoidal' needs an even n_embd (each sine has its cosine), got "
-                f"n_embd={self.n_embd}: use n_embd={self.n_embd + 1} or positions='learned'"
-            )
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon}, expected > 0")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def course(cls, **overrides: Any) -> GPTConfig:
-        """The course model: 873,600 parameters, trained on a 2-core CPU in 7.5 minutes.
-
-        The shape that reached the best held-out bits per character in that time, among those
-        benchmarks/sweep_course_model.py tried (Lesson 05; benchmarks/README.md has the table).
-        """
-        shape = dict(vocab_size=VOCAB_SIZE, block_size=128, n_layer=3, n_head=4, n_embd=128)
-        return cls(**{**shape, **overrides})
-
-    @classmethod
-    def gpt2(cls, **overrides: Any) -> GPTConfig:
-        """GPT-2 small, the 124M model: 124,439,808 parameters (the tied lm_head counted once)."""
-        shape = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-        return cls(**{**shape, **overrides})
 
 
 class MLP(nn.Module):
@@ -182,12 +105,13 @@ class Block(nn.Module):
 
 
 class GPTOutput(NamedTuple):
-    """What ``GPT.forward`` returns; unpack it (``logits, loss, _ = model(idx, targets)``) or
-    read its fields (``model(idx).logits``)."""
+    """What ``GPT.forward`` returns; read its fields (``model(idx).logits``) or unpack it
+    (``logits, loss, *_ = model(idx, targets)``)."""
 
-    logits: Tensor  # (B, T, vocab_size): unnormalised scores for the token after each position
+    logits: Tensor | None  # (B, T, vocab_size): scores for the token after each position
     loss: Tensor | None  # scalar mean cross-entropy, when targets were given
     attentions: list[Tensor] | None  # n_layer x (B, n_head, T, T_total), when need_weights
+    hidden: Tensor  # (B, T, C): the final LayerNorm's output, what lm_head (or a classifier) reads
 
 
 class GPT(nn.Module):
@@ -203,6 +127,9 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
+        # What was done to this model after it was built (LoRA, quantization, pruning), as
+        # course_lib.changes records it: a checkpoint replays these before loading the weights.
+        self.changes: list[dict] = []
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -252,6 +179,7 @@ class GPT(nn.Module):
         targets: Tensor | None = None,
         need_weights: bool = False,
         kv_cache: list[KVCache] | None = None,
+        with_logits: bool = True,
     ) -> GPTOutput:
         """idx (B, T) token ids -> GPTOutput(logits (B, T, vocab_size), loss, attentions).
 
@@ -267,6 +195,10 @@ class GPT(nn.Module):
         kv_cache (from ``new_kv_cache()``): idx holds only the new tokens; the keys and values of
         the T_cached tokens before them come from the cache, which the call extends by T. The new
         tokens sit at positions T_cached .. T_cached + T - 1, and T_total = T_cached + T.
+
+        The output's ``hidden`` (B, T, C) is the final LayerNorm's output, the features a
+        classifier head or feature distillation reads; ``with_logits=False`` skips the
+        vocabulary projection when only those are needed (logits and loss are then None).
         """
         B, T = self._check_idx(idx)
         T_past = self._check_kv_cache(kv_cache, T)
@@ -284,6 +216,8 @@ class GPT(nn.Module):
             x, att = block(x, need_weights, None if kv_cache is None else kv_cache[i])
             attentions.append(att)
         x = self.transformer.ln_f(x)
+        if not with_logits:
+            return GPTOutput(None, None, attentions if need_weights else None, x)
         logits = self.lm_head(x)  # (B, T, vocab_size)
 
         loss = None
@@ -291,7 +225,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 logits.view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
             )
-        return GPTOutput(logits, loss, attentions if need_weights else None)
+        return GPTOutput(logits, loss, attentions if need_weights else None, x)
 
     def _check_idx(self, idx: Tensor) -> tuple[int, int]:
         if (
@@ -313,6 +247,10 @@ class GPT(nn.Module):
                 f"sequence of {T} tokens is longer than the context block_size={block_size}: "
                 f"crop to the last {block_size} tokens, idx[:, -{block_size}:]"
             )
+        if idx.device.type != "cpu":
+            # Reading values back from a GPU waits for it (a host synchronisation) on every
+            # call; there a bad id trips the embedding's device-side assert instead.
+            return B, T
         V = self.config.vocab_size
         low, high = idx.min().item(), idx.max().item()
         if low < 0 or high >= V:
@@ -350,6 +288,8 @@ class GPT(nn.Module):
             )
         if targets.dtype not in (torch.long, torch.int):
             raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}")
+        if targets.device.type != "cpu":
+            return  # no host synchronisation per forward on a GPU (see _check_idx)
         V = self.config.vocab_size
         bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= V))]
         if bad.numel():
@@ -372,107 +312,45 @@ class GPT(nn.Module):
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per part: embeddings (wte, wpe; lm_head is wte), attention, mlp,
-        layernorms. They add up to ``num_params()``."""
-        counts = dict(embeddings=0, attention=0, mlp=0, layernorms=0)
-        for name, p in self.named_parameters():  # each shared parameter once
-            part = next((part for key, part in PARTS if key in name), "embeddings")
-            counts[part] += p.numel()
+        layernorms, and "other" (what a change added, e.g. a classifier head). They add up to
+        ``num_params()``. A quantized layer's weights live in buffers (int8 codes and their
+        scales): they count too, as every tensor of the state dict does."""
+        counts = dict(embeddings=0, attention=0, mlp=0, layernorms=0, other=0)
+        for name, t in self._weights().items():
+            part = next((part for key, part in PARTS if key in name), None)
+            if part is None:
+                part = "embeddings" if name.startswith(("transformer.w", "lm_head")) else "other"
+            counts[part] += t.numel()
+        if not counts["other"]:
+            del counts["other"]
         return counts
 
-    # --- Hugging Face transformers ---------------------------------------------------------------
+    def num_bytes(self) -> int:
+        """Bytes of the weights in memory (each tied tensor once), as they would be saved."""
+        return sum(t.numel() * t.element_size() for t in self._weights().values())
+
+    def _weights(self) -> dict[str, Tensor]:
+        """The state dict (parameters and saved buffers) with each shared tensor once."""
+        out, seen = {}, set()
+        for name, t in self.state_dict(keep_vars=True).items():
+            if id(t) not in seen:  # a tied parameter is one object under two names
+                seen.add(id(t))
+                out[name] = t
+        return out
+
+    # --- Hugging Face transformers (the conversion itself: course_lib.hf_gpt2) ---------------
 
     @classmethod
     def from_hf(cls, hf_model: GPT2LMHeadModel) -> GPT:
         """A GPT with the weights of a ``transformers.GPT2LMHeadModel`` (e.g. ``from_pretrained(
-        "gpt2")``), on its device, in its dtype and train/eval mode.
+        "gpt2")``), on its device, in its dtype and train/eval mode (``hf_gpt2.from_hf``)."""
+        from course_lib.hf_gpt2 import from_hf
 
-        The parameter names are the same on both sides; GPT-2's Conv1D weights (in, out) are
-        transposed into nn.Linear's (out, in). The fused q|k|v ``c_attn`` keeps its layout (q, k,
-        v stacked along the output, heads side by side in each), so it needs no reshuffling.
-        """
-        from transformers import GPT2LMHeadModel
+        return from_hf(hf_model)
 
-        if not isinstance(hf_model, GPT2LMHeadModel):
-            raise ValueError(
-                f"from_hf needs a transformers.GPT2LMHeadModel, got {type(hf_model).__name__}"
-            )
-        hc = hf_model.config
-        unsupported = {
-            "n_inner": (hc.n_inner, (None, 4 * hc.n_embd)),
-            "activation_function": (hc.activation_function, ("gelu_new", "gelu_pytorch_tanh")),
-            "scale_attn_weights": (hc.scale_attn_weights, (True,)),
-            "scale_attn_by_inverse_layer_idx": (hc.scale_attn_by_inverse_layer_idx, (False,)),
-            "add_cross_attention": (hc.add_cross_attention, (False,)),
-            "tie_word_embeddings": (hc.tie_word_embeddings, (True,)),
-        }
-        for name, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise ValueError(
-                    f"config.{name}={value!r} is not GPT-2's: expected one of {allowed}"
-                )
-        dropouts = {hc.resid_pdrop, hc.embd_pdrop, hc.attn_pdrop}
-        if len(dropouts) > 1:
-            raise ValueError(
-                f"resid_pdrop={hc.resid_pdrop}, embd_pdrop={hc.embd_pdrop}, attn_pdrop="
-                f"{hc.attn_pdrop}: the course model has one dropout rate; set the three equal"
-            )
-        config = GPTConfig(
-            vocab_size=hc.vocab_size,
-            block_size=hc.n_positions,
-            n_layer=hc.n_layer,
-            n_head=hc.n_head,
-            n_embd=hc.n_embd,
-            dropout=float(dropouts.pop()),
-            bias=True,
-            positions="learned",
-            layer_norm_epsilon=hc.layer_norm_epsilon,
-        )
-        model = cls(config)
-        sd = {
-            k: v.t() if k.endswith(CONV1D_WEIGHTS) else v for k, v in hf_model.state_dict().items()
-        }
-        model.load_state_dict(sd, strict=True)  # strict: every name must match, both ways
-        weight = hf_model.lm_head.weight
-        return model.to(device=weight.device, dtype=weight.dtype).train(hf_model.training)
-
-    @torch.no_grad()
     def to_hf(self) -> GPT2LMHeadModel:
-        """This model as a ``transformers.GPT2LMHeadModel`` (same weights, device, dtype, mode).
+        """This model as a ``transformers.GPT2LMHeadModel`` (same weights, device, dtype, mode),
+        or a ValueError naming what GPT-2 cannot express (``hf_gpt2.to_hf``)."""
+        from course_lib.hf_gpt2 import to_hf
 
-        GPT-2 has learned positions and biases everywhere, so only such a model converts. The
-        Hugging Face config gets no bos/eos token ids: those belong to a tokenizer, not a model.
-        """
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        c = self.config
-        if c.positions != "learned" or not c.bias:
-            raise ValueError(
-                f"to_hf needs positions='learned' and bias=True (GPT-2's layout), got "
-                f"positions={c.positions!r}, bias={c.bias}: a model with other settings has no "
-                f"GPT2LMHeadModel equivalent"
-            )
-        hc = GPT2Config(
-            vocab_size=c.vocab_size,
-            n_positions=c.block_size,
-            n_ctx=c.block_size,  # the old name of n_positions, which older readers still look for
-            n_embd=c.n_embd,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_inner=None,  # = 4 * n_embd
-            activation_function="gelu_new",  # GELU, tanh approximation
-            resid_pdrop=c.dropout,
-            embd_pdrop=c.dropout,
-            attn_pdrop=c.dropout,
-            layer_norm_epsilon=c.layer_norm_epsilon,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=None,
-        )
-        hf_model = GPT2LMHeadModel(hc)
-        # transformers 5 looks the loss up by the class name, finds none for "GPT2LMHeadModel",
-        # warns and falls back to the causal-LM loss: name that loss to skip the warning.
-        hf_model.loss_type = "ForCausalLM"
-        sd = {k: v.t() if k.endswith(CONV1D_WEIGHTS) else v for k, v in self.state_dict().items()}
-        hf_model.load_state_dict(sd, strict=True)
-        weight = self.lm_head.weight
-        return hf_model.to(device=weight.device, dtype=weight.dtype).train(self.training)
+        return to_hf(self)

@@ -9,7 +9,8 @@ word/space/punctuation boundary (no token like "dog." or "e the"). Special token
 <|endoftext|> are cut out first and get the ids after the merges.
 
 The file format is Hugging Face's tokenizer.json, so `tokenizers` (Rust) can load what we save
-and encode identically, and we can load a byte-level BPE that `tokenizers` trained.
+and encode identically, and we can load a byte-level BPE that `tokenizers` trained; the format
+lives in course_lib.tokenizer_json, and `save`, `load`, `to_json` and `fast` call into it.
 
     >>> tok = BPETokenizer()
     >>> tok.train("the cat sat on the mat. " * 50, vocab_size=266)
@@ -25,7 +26,6 @@ and encode identically, and we can load a byte-level BPE that `tokenizers` train
 from __future__ import annotations
 
 import heapq
-import json
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import regex
 
+from course_lib import tokenizer_json
+
 if TYPE_CHECKING:
     import tokenizers
 
@@ -42,53 +44,6 @@ GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
 SPECIAL_MODES = ("allow", "raise", "plain")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character, used to store bytes as JSON strings.
-
-    Printable bytes map to themselves; the rest (space, control bytes, ...) are shifted to 256+.
-
-    >>> bytes_to_unicode()[ord("a")], bytes_to_unicode()[ord(" ")]
-    ('a', 'Ġ')
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars = {b: chr(b) for b in printable}
-    n = 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = chr(256 + n)
-            n += 1
-    return dict(sorted(chars.items()))
-
-
-BYTE_TO_CHAR = bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-
-
-def token_to_str(token: bytes) -> str:
-    """Token bytes -> its string in tokenizer.json.
-
-    >>> token_to_str(b" the")
-    'Ġthe'
-    """
-    return "".join(BYTE_TO_CHAR[b] for b in token)
-
-
-def str_to_token(s: str) -> bytes:
-    """Token string in tokenizer.json -> its bytes.
-
-    >>> str_to_token("Ġthe")
-    b' the'
-
-    Like the ByteLevel decoder of `tokenizers`, a string with a character outside the byte
-    alphabet (a special token such as "<unk>" is fine, "<|my token|>" has a space) is taken as
-    its own UTF-8.
-    """
-    try:
-        return bytes(CHAR_TO_BYTE[c] for c in s)
-    except KeyError:
-        return s.encode("utf-8")
 
 
 def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -332,6 +287,8 @@ class BPETokenizer:
         """The id of <|endoftext|>, or None if this tokenizer has no such token."""
         return self.special_tokens.get("<|endoftext|>")
 
+    # ------------------------------------------------------------------ tokenizer.json
+
     def fast(self) -> tokenizers.Tokenizer:
         """The same tokenizer as a Rust `tokenizers.Tokenizer` (same ids, same text).
 
@@ -344,55 +301,15 @@ class BPETokenizer:
         it is no faster than `encode`, whose word cache does well on a corpus like ours; and
         it is what `transformers` can wrap (PreTrainedTokenizerFast(tokenizer_object=...)).
         """
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_str(json.dumps(self.to_json()))
-
-    # ------------------------------------------------------------------ tokenizer.json
+        return tokenizer_json.fast(self)
 
     def to_json(self) -> dict:
         """This tokenizer as a Hugging Face tokenizer.json dict (what `save` writes)."""
-        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": [
-                {
-                    "id": i,
-                    "content": s,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": True,
-                }
-                for s, i in self.special_tokens.items()
-            ],
-            "normalizer": None,
-            "pre_tokenizer": {**byte_level, "trim_offsets": True},
-            "post_processor": {**byte_level, "trim_offsets": False},
-            "decoder": {**byte_level, "trim_offsets": True},
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": False,
-                "vocab": {token_to_str(t): i for i, t in self.vocab.items()},
-                "merges": [
-                    [token_to_str(self.vocab[a]), token_to_str(self.vocab[b])]
-                    for a, b in self.merges
-                ],
-            },
-        }
+        return tokenizer_json.to_json(self)
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json; `tokenizers.Tokenizer.from_file(path)` encodes identically."""
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), "utf-8")
+        tokenizer_json.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
@@ -401,61 +318,9 @@ class BPETokenizer:
         >>> BPETokenizer.load("tokenizer.json").vocab_size  # doctest: +SKIP
         2048
         """
-        try:
-            cfg = json.loads(Path(path).read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
-        # Only what byte-level BPE uses is supported; anything that would change the ids
-        # (a normalizer, dropout, prefix space, ...) is refused rather than ignored.
-        model = cfg.get("model") if isinstance(cfg, dict) else None
-        if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
-            kind = model.get("type") if isinstance(model, dict) else None
-            raise ValueError(f"{path}: model type is {kind!r}, expected a 'BPE' model")
-        if not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list):
-            raise ValueError(f"{path}: the BPE model needs a 'vocab' dict and a 'merges' list")
-        pre = cfg.get("pre_tokenizer") or {}
-        if not (
-            pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space", True)
-        ):
-            raise ValueError(
-                f"{path}: pre_tokenizer is {pre or None}, expected a byte-level BPE: "
-                "ByteLevel with use_regex=true and add_prefix_space=false (GPT-2's)"
-            )
-        if cfg.get("normalizer") is not None:
-            raise ValueError(f"{path}: normalizer {cfg['normalizer']} is not supported")
-        for key, default in [
-            ("dropout", None),
-            ("continuing_subword_prefix", None),
-            ("end_of_word_suffix", None),
-            ("byte_fallback", False),
-            ("ignore_merges", False),
-        ]:
-            if model.get(key, default) not in (default, None, False):
-                raise ValueError(f"{path}: BPE option {key}={model[key]!r} is not supported")
-        for t in cfg.get("added_tokens", []):
-            if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-                raise ValueError(f"{path}: added token {t} uses lstrip/rstrip/single_word")
-
         tok = cls()
-        specials = {t["content"]: t["id"] for t in cfg.get("added_tokens", [])}
-        special_ids = set(specials.values())
-        str_vocab: dict[str, int] = model["vocab"]
-        tok.vocab = {i: str_to_token(s) for s, i in str_vocab.items() if i not in special_ids}
-        tok.merges = {}
-        for m in model["merges"]:
-            a, b = m.split(" ") if isinstance(m, str) else m
-            if a not in str_vocab or b not in str_vocab or a + b not in str_vocab:
-                raise ValueError(f"{path}: merge {m!r} uses a token that is not in the vocab")
-            tok.merges[str_vocab[a], str_vocab[b]] = str_vocab[a + b]
-        tok.special_tokens = specials
+        tok.vocab, tok.merges, tok.special_tokens = tokenizer_json.load_tables(path)
         tok._rebuild()
-        if model.get("unk_token") is not None and None in tok._byte_ids:
-            raise ValueError(
-                f"{path}: an unk_token with bytes missing from the vocab is not supported "
-                "(give every byte a token: ByteLevel.alphabet())"
-            )
         return tok
 
     def _rebuild(self) -> None:

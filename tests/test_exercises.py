@@ -22,9 +22,9 @@ from course_lib.exercises.solutions import lesson03 as sol03
 from course_lib.exercises.solutions import lesson04 as sol04
 from course_lib.exercises.solutions import lesson05 as sol05
 from course_lib.exercises.solutions import lesson06 as sol06
+from course_lib.optim import lr_at
 from course_lib.positional import sinusoidal_encoding
 from course_lib.sampling import top_k_filter, top_p_filter
-from course_lib.train import lr_at
 
 
 def stub(*args):

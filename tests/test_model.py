@@ -464,3 +464,28 @@ def test_config_errors(change, match):
 
 def test_docstring_examples_run():
     assert doctest.testmod(model_module).failed == 0
+
+
+# --- what later lessons need: hidden states, no host synchronisation ------------------------------
+
+
+def test_forward_returns_the_final_hidden_states_that_lm_head_reads():
+    model = tiny_model()
+    idx = random_ids(100)
+    out = model(idx)
+    assert out.hidden.shape == (2, 16, 32)  # (B, T, C), after ln_f
+    torch.testing.assert_close(model.lm_head(out.hidden), out.logits, atol=0, rtol=0)
+    features = model(idx, with_logits=False)
+    assert features.logits is None and features.loss is None
+    assert torch.equal(features.hidden, out.hidden)
+
+
+def test_forward_off_the_cpu_reads_no_values_back_to_the_host():
+    # A meta tensor has shapes but no values: .item(), which waits for a GPU on every forward,
+    # raises on it. So a forward that runs on meta tensors never synchronises with the host.
+    model = tiny_model().to("meta")
+    idx = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    out = model(idx, targets=idx)
+    assert out.logits.shape == (2, 16, 100) and out.loss.shape == ()
+    with pytest.raises(ValueError, match="outside the vocabulary"):  # on the CPU, still checked
+        tiny_model()(torch.full((1, 4), 100))

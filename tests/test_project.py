@@ -1,14 +1,19 @@
 """The project keeps its promises: one set of pins, the README's commands, a working CLI."""
 
+import argparse
 import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import yaml
 
+from course_lib import cli
+
 ROOT = Path(__file__).resolve().parent.parent
+TORCH = "2.13.0"
 
 
 def _pyproject_requirements() -> list[str]:
@@ -16,17 +21,55 @@ def _pyproject_requirements() -> list[str]:
     return project["dependencies"] + project["optional-dependencies"]["dev"]
 
 
+def _environment_yml() -> dict:
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
+
+
+def _environment_yml_pip() -> list[str]:
+    return next(d["pip"] for d in _environment_yml()["dependencies"] if isinstance(d, dict))
+
+
 def test_environment_yml_installs_the_same_pins_as_pyproject():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "python=3.11" in env["dependencies"]
+    pip = _environment_yml_pip()
+    assert "python=3.11" in _environment_yml()["dependencies"]
     assert sorted(r for r in pip if r != "-e .") == sorted(_pyproject_requirements())
     assert "-e ." in pip
 
 
+def test_every_requirement_is_pinned_to_one_version():
+    assert all("==" in r for r in _pyproject_requirements())
+
+
 def test_torch_is_pinned_to_the_cpu_wheel_version():
-    assert "torch==2.13.0" in _pyproject_requirements()
-    assert all("==" in r for r in _pyproject_requirements()), "every requirement is pinned"
+    """pyproject.toml and environment.yml pin torch 2.13.0; the torch installed and imported is
+    that version (``2.13.0`` or ``2.13.0+cpu``) and, unless it can use a GPU here, a CPU build: no
+    CUDA in it, no ``nvidia-*`` CUDA libraries beside it (PyPI's Linux wheel pulls gigabytes)."""
+    import torch
+
+    assert f"torch=={TORCH}" in _pyproject_requirements()
+    assert f"torch=={TORCH}" in _environment_yml_pip()
+    installed = metadata.version("torch")
+    assert torch.__version__ == installed, "the torch imported is the one pip installed"
+    version, _, local = installed.partition("+")
+    assert version == TORCH
+    nvidia = sorted(
+        name
+        for d in metadata.distributions()
+        if (name := d.metadata["Name"] or "").lower().startswith("nvidia-")
+    )
+    gpu_build = (
+        local not in ("", "cpu")  # +cu128, +rocm6.4, ...
+        or torch.version.cuda is not None
+        or getattr(torch.version, "hip", None) is not None
+        or bool(nvidia)
+    )
+    # On purpose, a machine whose GPU torch can use may keep a GPU build: the README promises
+    # that a GPU is used when present, which needs one. Anywhere else it is gigabytes for nothing.
+    assert not gpu_build or torch.cuda.is_available(), (
+        f"torch {installed} is a GPU build (CUDA {torch.version.cuda}, {len(nvidia)} nvidia-* "
+        f"packages) on a machine without a GPU. For the CPU wheel: rm -rf .venv && "
+        f"PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu python3 course.py"
+    )
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -42,11 +85,40 @@ def test_hosted_ci_workflow_runs_the_same_command():
     assert "python3 course.py test" in workflow
 
 
+def _cli_commands() -> dict[str, str]:
+    """The subcommands of ``course-lib`` and their help, as its parser defines them.
+
+    argparse keeps them in its subparsers action (``choices``; the help in ``_choices_actions``).
+    """
+    (sub,) = (a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    return {name: helps[name] for name in sub.choices}
+
+
+def test_cli_has_the_commands_of_the_lessons():
+    assert {"info", "prepare", "tokenizer", "train", "sample"} <= set(_cli_commands())
+
+
 def test_cli_help_lists_the_commands():
+    """``course-lib --help`` names every command with its help text."""
     out = subprocess.run(
         [sys.executable, "-m", "course_lib", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "info" in out and "prepare" in out
+    flat = " ".join(out.split())  # argparse wraps the help to the terminal's width
+    for name, help_text in _cli_commands().items():
+        assert f" {name} {help_text}" in flat, name
+
+
+def test_cli_module_docstring_documents_every_command():
+    for name in _cli_commands():
+        assert re.search(rf"^ +course-lib {name}\b", cli.__doc__, re.M), name
+
+
+def test_readme_command_line_section_shows_every_command():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## The command line\n", 1)[1].split("\n## ", 1)[0]
+    for name in _cli_commands():
+        assert re.search(rf"^course-lib {name}\b", section, re.M), name
 
 
 def test_cli_info_reports_device_and_corpus(splits):

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from course_lib.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer, merge, str_to_token
+from course_lib.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer, merge
+from course_lib.tokenizer_json import str_to_token
 
 TRAIN_PLAYS = ("hamlet", "lear", "othello")  # a few pretraining plays: enough, and fast
 

@@ -13,7 +13,6 @@ import doctest
 import json
 import math
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -25,18 +24,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import cli, data
+from course_lib import cli, course_model, data, metrics, optim
 from course_lib import train as train_module
-from course_lib.checkpoint import CheckpointError, load_checkpoint, load_model, load_train_state
-from course_lib.model import GPT, GPTConfig
-from course_lib.train import (
-    TrainConfig,
-    bits_per_char,
-    configure_optimizer,
-    evaluate,
-    lr_at,
-    train,
+from course_lib.checkpoint import (
+    CheckpointError,
+    checkpoint_exists,
+    load_checkpoint,
+    load_model,
+    load_train_state,
 )
+from course_lib.config import COURSE_STEPS, TrainConfig
+from course_lib.metrics import bits_per_char, evaluate_all
+from course_lib.model import GPT, GPTConfig
+from course_lib.optim import configure_optimizer, lr_at
+from course_lib.train import evaluate, train
 
 TINY = dict(vocab_size=data.VOCAB_SIZE, block_size=16, n_layer=2, n_head=2, n_embd=32)
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -158,8 +159,9 @@ def test_bits_per_char_converts_nats_per_token():
     assert bits_per_char(4 * math.log(2), n_tokens=100, n_chars=400) == pytest.approx(1.0)
 
 
-def test_docstring_examples_run():
-    assert doctest.testmod(train_module).failed == 0
+@pytest.mark.parametrize("module", [train_module, optim, metrics, course_model])
+def test_docstring_examples_run(module):
+    assert doctest.testmod(module).failed == 0
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -201,6 +203,40 @@ def test_resume_gives_bit_identical_weights(tokens, tmp_path):
     assert rest.step == 12
     assert [e.get("loss") for e in rest.history] == [e.get("loss") for e in whole.history[6:]]
     assert_same_weights(straight, resumed)
+
+
+def test_custom_loss_and_batches_resume_bit_for_bit(tokens, tmp_path):
+    def weighted(net, batch):  # later positions count more
+        x, y, w = batch
+        losses = torch.nn.functional.cross_entropy(
+            net(x).logits.flatten(0, 1), y.flatten(), reduction="none"
+        )
+        return (losses * w.flatten()).sum() / w.sum()
+
+    def source(split):
+        def batches(batch_size, generator):
+            x, y = data.get_batch(tokens[split], batch_size, 16, generator)
+            return x, y, torch.linspace(0.5, 1.5, 16).expand(batch_size, 16)
+
+        return batches
+
+    sources = {s: source(s) for s in ("train", "val")}
+    config = tiny_config(max_steps=12, checkpoint_dir=tmp_path / "straight")
+    straight = tiny_model(dropout=0.1)
+    whole = train(straight, sources, config, loss_fn=weighted)
+    assert whole.val_loss < whole.history[0]["val_loss"]
+    config = replace(config, checkpoint_dir=tmp_path / "resumed", stop_at_step=5)
+    train(tiny_model(dropout=0.1), sources, config, loss_fn=weighted)
+    resumed = tiny_model(seed=4, dropout=0.1)
+    rest = train(resumed, sources, replace(config, stop_at_step=None), resume=True,
+                 loss_fn=weighted)  # fmt: skip
+    assert [e.get("loss") for e in rest.history] == [e.get("loss") for e in whole.history[5:]]
+    assert_same_weights(straight, resumed)
+
+
+def test_data_that_is_neither_tokens_nor_a_batch_source_is_refused(tokens):
+    with pytest.raises(ValueError, match=r"each a \(N,\) tensor of token ids or a batch source"):
+        train(tiny_model(), {"train": tokens["train"], "val": [1, 2, 3]}, tiny_config())
 
 
 def test_resume_keeps_the_tokenizer_in_the_checkpoint(tokens, tmp_path):
@@ -253,41 +289,53 @@ def cli_train(text_file: Path, out: Path, *options: str) -> list[str]:
             "--out", str(out), *options]  # fmt: skip
 
 
-@pytest.mark.slow
-def test_sigkill_during_training_then_resume_gives_same_final_weights(text_file, tmp_path):
-    options = ["--max-steps", "150", "--eval-interval", "50", "--checkpoint-interval", "1",
-               "--dropout", "0.1"]  # fmt: skip
-    subprocess.run(cli_train(text_file, tmp_path / "ref", *options), env=ENV, check=True,
-                   capture_output=True)  # fmt: skip
+SIGKILL_OPTIONS = ["--max-steps", "150", "--eval-interval", "50", "--checkpoint-interval", "1",
+                   "--dropout", "0.1"]  # fmt: skip
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(text_file, tmp_path_factory) -> Path:
+    """The run that the killed-and-resumed ones must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "ref"
+    subprocess.run(cli_train(text_file, out, *SIGKILL_OPTIONS), env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 60, 140])
+def test_sigkill_during_training_then_resume_gives_same_final_weights(
+    text_file, uninterrupted, tmp_path, kill_after
+):
+    # Every step saves a checkpoint, so a kill lands while one is being written (the folder
+    # swap, a file half flushed) as often as not. Chosen points, early, middle and late: the
+    # kill comes once the metrics log shows step kill_after done, during the next steps.
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli_train(text_file, run, *options), env=ENV,
+    log = tmp_path / "run.metrics.jsonl"
+    proc = subprocess.Popen(cli_train(text_file, run, *SIGKILL_OPTIONS), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 60
-    while not (run / "model.safetensors").exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    # Measured: 150 steps, each saving a checkpoint, take about 1.8 s after the first one.
-    delay = random.uniform(0.0, 1.0)
-    time.sleep(delay)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_text().count("\n") >= kill_after:
+            break
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, f"finished before the kill {delay:.3f} s in"
-    killed_at = load_train_state(run).step  # the last checkpoint, whatever the kill cut
-    assert 0 < killed_at < 150, f"killed {delay:.3f} s in"
+    assert proc.wait() == -signal.SIGKILL, "finished before the kill"
+    # The last checkpoint, whatever the kill cut (none yet, if it came before the first save).
+    killed_at = load_train_state(run).step if checkpoint_exists(run) else 0
+    assert kill_after - 1 <= killed_at < 150
 
-    resumed = subprocess.run(cli_train(text_file, run, *options, "--resume"), env=ENV,
+    resumed = subprocess.run(cli_train(text_file, run, *SIGKILL_OPTIONS, "--resume"), env=ENV,
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert "step 150/150" in resumed.stdout
-    assert_same_weights(load_model(tmp_path / "ref"), load_model(run))
+    assert_same_weights(load_model(uninterrupted), load_model(run))
     # The metrics log was cut back to the checkpoint: each step once, as in one run.
-    ref_log = read_log(tmp_path / "ref.metrics.jsonl")
-    run_log = read_log(tmp_path / "run.metrics.jsonl")
-    assert [(e["step"], e.get("loss")) for e in run_log] == [
+    ref_log = read_log(uninterrupted.with_name("ref.metrics.jsonl"))
+    assert [(e["step"], e.get("loss")) for e in read_log(log)] == [
         (e["step"], e.get("loss")) for e in ref_log
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ref", "ref.metrics.jsonl", "run", "run.metrics.jsonl",
-    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.metrics.jsonl"]
 
 
 def free_port() -> int:
@@ -323,6 +371,77 @@ def test_two_process_ddp_follows_single_process_losses(text_file, tmp_path):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), name
 
 
+CUSTOM_RUN = """
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import data
+from course_lib.model import GPT, GPTConfig
+from course_lib.config import TrainConfig
+from course_lib.train import train
+
+
+def smoothed_loss(net, batch):  # a loss of our own: label smoothing, weighted positions
+    x, y, weight = batch
+    logits = net(x).logits
+    losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=0.1,
+                             reduction="none")
+    return (losses * weight.flatten()).sum() / weight.sum()
+
+
+def line_starts(tokens):  # batches of our own: windows that start after a newline
+    starts = (tokens[:-17] == 10).nonzero().flatten() + 1
+
+    def batches(batch_size, generator):
+        pick = starts[torch.randint(len(starts), (batch_size,), generator=generator)]
+        x = torch.stack([tokens[s : s + 16] for s in pick])
+        y = torch.stack([tokens[s + 1 : s + 17] for s in pick])
+        return x, y, torch.linspace(0.5, 1.5, 16).expand(batch_size, 16)
+
+    return batches
+
+
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=data.VOCAB_SIZE, block_size=16, n_layer=2, n_head=2, n_embd=32))
+tokens = {s: data.load_tokens(s)[:50_000] for s in ("train", "val")}
+config = TrainConfig(batch_size=8, max_steps=12, warmup_steps=2, eval_interval=6, eval_steps=2,
+                     checkpoint_interval=12, progress=False, log_path=sys.argv[1],
+                     checkpoint_dir=sys.argv[2])
+train(model, {s: line_starts(t) for s, t in tokens.items()}, config, loss_fn=smoothed_loss)
+"""
+
+
+@pytest.mark.slow
+def test_custom_loss_and_batches_under_ddp_follow_single_process_losses(tmp_path):
+    script = tmp_path / "custom_run.py"
+    script.write_text(CUSTOM_RUN)
+    ddp = [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
+           str(tmp_path / "ddp.jsonl"), str(tmp_path / "ddp")]  # fmt: skip
+    done = subprocess.run(ddp, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = [sys.executable, str(script), str(tmp_path / "one.jsonl"), str(tmp_path / "one")]
+    subprocess.run(one, env=ENV, check=True, capture_output=True)
+
+    two, one = read_log(tmp_path / "ddp.jsonl"), read_log(tmp_path / "one.jsonl")
+    assert [e["step"] for e in two] == [e["step"] for e in one] == list(range(13))
+    assert one[-1]["val_loss"] < one[0]["val_loss"]  # it trained
+    for a, b in zip(two, one):
+        for key in ("loss", "train_loss", "val_loss"):
+            assert (key in a) == (key in b)
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
+    run = load_checkpoint(tmp_path / "ddp").run
+    assert run["loss"] == "__main__.smoothed_loss"
+    assert run["batches"]["train"] == "__main__.line_starts.<locals>.batches"
+    for (name, a), b in zip(
+        load_model(tmp_path / "ddp").state_dict().items(),
+        load_model(tmp_path / "one").state_dict().values(),
+    ):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0), name
+
+
 def test_cli_train_errors_print_cleanly(text_file, tmp_path, capsys):
     code = cli.main(["train", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")])
     assert code == 2
@@ -338,8 +457,6 @@ def test_cli_train_errors_print_cleanly(text_file, tmp_path, capsys):
 
 
 def test_evaluate_all_is_the_mean_loss_over_consecutive_windows():
-    from course_lib.train import evaluate_all
-
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
     tokens = torch.randint(0, 50, (8 * 5 + 3,))
@@ -357,38 +474,38 @@ def test_evaluate_all_is_the_mean_loss_over_consecutive_windows():
 def test_load_or_train_trains_once_then_loads(tokens, tmp_path, monkeypatch):
     tiny = GPTConfig(**TINY)
     config = tiny_config(max_steps=6)
-    first = train_module.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
+    first = course_model.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
     assert first.train_state.step == 6 and first.tokenizer.vocab_size == data.VOCAB_SIZE
     assert (tmp_path / "m.metrics.jsonl").is_file()
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again instead of loading the cache")
 
-    monkeypatch.setattr(train_module, "train", no_training)
-    again = train_module.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
+    monkeypatch.setattr(course_model, "train", no_training)
+    again = course_model.load_or_train(tmp_path / "m", tiny, config, tokens, progress=False)
     assert_same_weights(first.model, again.model)
 
 
 def test_load_or_train_resumes_a_run_cut_short_to_the_same_weights(tokens, tmp_path):
     tiny, config = GPTConfig(**TINY), tiny_config(max_steps=10)
-    straight = train_module.load_or_train(tmp_path / "a", tiny, config, tokens, progress=False)
+    straight = course_model.load_or_train(tmp_path / "a", tiny, config, tokens, progress=False)
     torch.manual_seed(config.seed)
     cut = replace(config, checkpoint_dir=tmp_path / "b", stop_at_step=4)
     train(GPT(tiny), tokens, cut, tokenizer=data.course_tokenizer())  # as if closed at step 4
     assert load_train_state(tmp_path / "b").step == 4
-    resumed = train_module.load_or_train(tmp_path / "b", tiny, config, tokens, progress=False)
+    resumed = course_model.load_or_train(tmp_path / "b", tiny, config, tokens, progress=False)
     assert resumed.train_state.step == 10
     assert_same_weights(straight.model, resumed.model)
 
 
 def test_load_or_train_never_overwrites_a_model_trained_another_way(tokens, tmp_path):
     tiny = GPTConfig(**TINY)
-    train_module.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=4), tokens)
+    course_model.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=4), tokens)
     with pytest.raises(CheckpointError, match=r"max_steps=4 \(wanted: 8\).*Move or delete"):
-        train_module.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=8), tokens)
+        course_model.load_or_train(tmp_path / "m", tiny, tiny_config(max_steps=8), tokens)
     with pytest.raises(CheckpointError, match=r"n_embd=32 \(wanted: 64\)"):
         wider = replace(tiny, n_embd=64)
-        train_module.load_or_train(tmp_path / "m", wider, tiny_config(max_steps=4), tokens)
+        course_model.load_or_train(tmp_path / "m", wider, tiny_config(max_steps=4), tokens)
 
 
 def test_cli_train_uses_the_course_schedule(text_file, tmp_path):
@@ -404,7 +521,7 @@ def test_cli_train_uses_the_course_schedule(text_file, tmp_path):
 def test_course_preset_is_the_sweep_winner():
     model, schedule = GPTConfig.course(), TrainConfig.course()
     assert (model.n_layer, model.n_embd, model.block_size, schedule.batch_size) == (3, 128, 128, 32)
-    assert (schedule.max_steps, schedule.lr) == (train_module.COURSE_STEPS, 3e-3)
+    assert (schedule.max_steps, schedule.lr) == (COURSE_STEPS, 3e-3)
     # The sweep's schedule (benchmarks/sweep_course_model.py): warm-up 5%, down to lr / 10.
     assert schedule.warmup_steps == schedule.max_steps // 20
     assert schedule.min_lr == schedule.lr / 10

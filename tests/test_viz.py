@@ -23,7 +23,7 @@ import torch
 from IPython.display import HTML
 from nbformat.sign import NotebookNotary
 
-from course_lib import viz
+from course_lib import bertviz_offline, viz
 from course_lib.viz import head_view, model_view, plot_attention
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,9 @@ def params_of(view: HTML) -> dict:
     return json.loads(found[1])
 
 
-def test_docstring_example_runs():
-    assert doctest.testmod(viz, raise_on_error=False).failed == 0
+@pytest.mark.parametrize("module", [viz, bertviz_offline])
+def test_docstring_example_runs(module):
+    assert doctest.testmod(module, raise_on_error=False).failed == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,26 +279,26 @@ def test_a_change_in_bertviz_fails_loudly(monkeypatch, change, what):
 def test_a_d3_other_than_v4_or_v5_fails_loudly(monkeypatch, tmp_path):
     (tmp_path / "js").mkdir()
     (tmp_path / "js" / "d3.v5.min.js").write_text("// https://d3js.org v6.0.0 Copyright\n")
-    real = viz._package_dir
+    real = bertviz_offline._package_dir
     monkeypatch.setattr(
-        viz, "_package_dir", lambda name: tmp_path if name == "mpld3" else real(name)
+        bertviz_offline, "_package_dir", lambda name: tmp_path if name == "mpld3" else real(name)
     )
-    viz._js_libraries.cache_clear()
+    bertviz_offline._js_libraries.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="not d3 v4 or v5"):
             head_view(causal_attention(), TOKENS)
     finally:
-        viz._js_libraries.cache_clear()
+        bertviz_offline._js_libraries.cache_clear()
 
 
 def test_a_missing_library_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(viz.importlib.util, "find_spec", lambda name: None)
-    viz._js_libraries.cache_clear()
+    monkeypatch.setattr(bertviz_offline.importlib.util, "find_spec", lambda name: None)
+    bertviz_offline._js_libraries.cache_clear()
     try:
         with pytest.raises(RuntimeError, match=r"mpld3 is not installed.*mpld3==0\.5\.12"):
             head_view(causal_attention(), TOKENS)
     finally:
-        viz._js_libraries.cache_clear()
+        bertviz_offline._js_libraries.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.exercises import call, checker
-from course_lib.train import lr_at
+from course_lib.optim import lr_at
 
 # (max_lr, min_lr, warmup_steps, max_steps), each checked at every step from 0 to past the end:
 # the first warm-up step, the peak, the cosine, and training on after max_steps.
