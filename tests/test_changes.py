@@ -92,6 +92,24 @@ def keep_heads(model: GPT, heads: dict[str, list[int]]) -> GPT:
     return model
 
 
+@change
+def keep_neurons(model: GPT, layer: int, neurons: list[int]) -> GPT:
+    """Keep only the listed hidden neurons of one layer's MLP (a narrower c_fc and c_proj)."""
+    mlp = model.transformer.h[layer].mlp
+    keep = torch.tensor(neurons)
+    c_fc, c_proj = (
+        nn.Linear(mlp.c_fc.in_features, len(keep)),
+        nn.Linear(len(keep), mlp.c_proj.out_features),
+    )
+    with torch.no_grad():
+        c_fc.weight.copy_(mlp.c_fc.weight[keep])
+        c_fc.bias.copy_(mlp.c_fc.bias[keep])
+        c_proj.weight.copy_(mlp.c_proj.weight[:, keep])
+        c_proj.bias.copy_(mlp.c_proj.bias)
+    mlp.c_fc, mlp.c_proj = c_fc, c_proj
+    return model
+
+
 def tiny_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return GPT(GPTConfig(**TINY))
@@ -247,3 +265,14 @@ def test_pruned_heads_round_trip_and_to_hf_refuses_naming_the_fix(tmp_path):
     assert torch.equal(loaded(idx).logits, model(idx).logits)
     with pytest.raises(ValueError, match=r"changed since it was built \(keep_heads\).*Undo"):
         model.to_hf()
+
+
+def test_a_narrower_mlp_trains_saves_and_loads(tokens, tmp_path):
+    model = keep_neurons(tiny_model(), layer=1, neurons=list(range(0, 128, 2)))
+    assert model.transformer.h[1].mlp.c_fc.out_features == 64  # 4C = 128 hidden, half kept
+    assert model.num_params() == tiny_model().num_params() - 64 * (32 + 1 + 32)
+    train(model, tokens, tiny_config(max_steps=4, checkpoint_dir=tmp_path / "m"))
+    loaded = load_checkpoint(tmp_path / "m").model
+    assert same_state(model, loaded)
+    idx = tokens["val"][:32].view(2, 16)
+    assert torch.equal(loaded(idx).logits, model.eval()(idx).logits)
