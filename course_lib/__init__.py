@@ -25,6 +25,8 @@ then imports the module and checks both agree. Later lessons build on these modu
     checkpoint      checkpoints as folders of safetensors and JSON             (Lesson 05)
     course_model    the course model, trained once and cached                 (Lessons 05-08)
     sampling        greedy, temperature, top-k, top-p, streaming              (Lesson 06)
+    poems           the poems' fixed held-out set, the sonnets one by one      (Lesson 07)
+    finetune        LoRA adapters in peft's format, a classification head      (Lesson 07)
     exercises       checkers for every lesson's exercises
     cli             the ``course-lib`` command
 """
