@@ -223,9 +223,10 @@ def load_splits(
     return Splits(**parts)
 
 
-def _split_own_text(path: Path, val_fraction: float) -> Splits:
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+def read_text(path: str | Path) -> str:
+    """A learner's own text file, read as UTF-8; a missing, non-UTF-8 or empty file is named
+    with the fix."""
+    path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -237,6 +238,13 @@ def _split_own_text(path: Path, val_fraction: float) -> Splits:
         ) from None
     if not text.strip():
         raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")
+    return text
+
+
+def _split_own_text(path: Path, val_fraction: float) -> Splits:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    text = read_text(path)
     cut = int(len(text) * (1 - val_fraction))
     newline = text.rfind("\n", 0, cut)
     cut = newline + 1 if newline > 0 else cut

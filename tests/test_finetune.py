@@ -10,6 +10,7 @@ random and tiny, so nothing is downloaded.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -250,3 +251,64 @@ def test_docstring_examples_run():
 
     for module in (finetune, poems):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_base(splits, tmp_path_factory):
+    """A tiny base checkpoint trained by `course-lib train` on Macbeth, and a text to tune on."""
+    from course_lib import cli
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / "macbeth.txt").write_text(splits.val["macbeth"].text[:30_000], encoding="utf-8")
+    (root / "tempest.txt").write_text(splits.val["tempest"].text[:20_000], encoding="utf-8")
+    args = ["train", "--text", str(root / "macbeth.txt"), "--vocab-size", "300", "--n-layer",
+            "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "8",
+            "--eval-steps", "2", "--max-steps", "10", "--out", str(root / "base")]  # fmt: skip
+    assert cli.main(args) == 0
+    return root
+
+
+def finetune_args(root, out: str, *more: str) -> list[str]:
+    return ["finetune", "--checkpoint", str(root / "base"), "--text", str(root / "tempest.txt"),
+            "--rank", "2", "--batch-size", "4", "--max-steps", "8", "--out", str(root / out),
+            *more]  # fmt: skip
+
+
+def test_cli_finetune_writes_a_lora_checkpoint_that_resumes_bit_for_bit(cli_base, capsys):
+    from course_lib import cli
+
+    assert cli.main(finetune_args(cli_base, "straight")) == 0
+    out = capsys.readouterr().out
+    assert "step 8/8 (lora, 512 trainable parameters)" in out  # 2 layers x (2x32 + 96x2)
+    assert cli.main(finetune_args(cli_base, "cut", "--max-minutes", "0")) == 0
+    assert "stopped early (max_minutes)" in capsys.readouterr().out
+    assert cli.main(finetune_args(cli_base, "cut", "--resume")) == 0
+    a = load_checkpoint(cli_base / "straight").model.state_dict()
+    b = load_checkpoint(cli_base / "cut").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ".lora_A.weight" in "".join(a)
+
+    assert cli.main(["eval", "--checkpoint", str(cli_base / "straight"), "--text",
+                     str(cli_base / "tempest.txt")]) == 0  # fmt: skip
+    assert re.search(r"\d\.\d{4} nats/token, \d\.\d{3} bits/char", capsys.readouterr().out)
+    assert cli.main(["sample", "--checkpoint", str(cli_base / "straight"),
+                     "--max-new-tokens", "5"]) == 0  # fmt: skip
+
+
+def test_cli_finetune_and_eval_errors_name_the_fix(cli_base, tmp_path, capsys):
+    from course_lib import cli
+
+    assert cli.main(finetune_args(cli_base, "bad", "--rank", "0")) == 2
+    assert "rank=0, expected an integer >= 1" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("  \n")
+    args = finetune_args(cli_base, "bad")
+    args[args.index("--text") + 1] = str(tmp_path / "empty.txt")
+    assert cli.main(args) == 2
+    assert "is empty (or only whitespace)" in capsys.readouterr().err
+    (tmp_path / "latin1.txt").write_bytes("Fair is foul, caf\xe9".encode("latin-1"))
+    assert cli.main(["eval", "--checkpoint", str(cli_base / "base"), "--text",
+                     str(tmp_path / "latin1.txt")]) == 2  # fmt: skip
+    assert "is not UTF-8 text (bad byte at position 17)" in capsys.readouterr().err

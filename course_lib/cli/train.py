@@ -1,0 +1,170 @@
+"""`course-lib train`: pretrain a GPT on the corpus or your own text (Lesson 05), also under
+torchrun. Its options are the fields of TrainConfig and GPTConfig, help texts included."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+
+from course_lib import data, env
+from course_lib.config import GPTConfig, TrainConfig
+from course_lib.tokenizer import BPETokenizer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain a GPT on the corpus or your own text (also under torchrun)",
+        description="Pretrain a GPT; a checkpoint folder is saved as it goes. Under "
+        "`torchrun --nproc_per_node N` each process takes 1/N of every batch (DDP).",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["course"],
+        default="course",
+        help="the model shape and schedule (GPTConfig.course(), TrainConfig.course()) and, "
+        "without --text, the corpus: `course-lib train` alone trains the course model",
+    )
+    p.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="train on your own UTF-8 text (its last 10%% is validation) with a "
+        "BPE tokenizer trained on the rest",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=1024, help="tokenizer size for --text (default: 1024)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default: <checkpoints>/course or /<text name>); "
+        "the metrics log goes beside it, <out>.metrics.jsonl",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out exactly where it stopped (if it holds a checkpoint)",
+    )
+    # The rest are the fields of TrainConfig and GPTConfig, their help texts included; unset,
+    # each is the preset's (TrainConfig.course(), GPTConfig.course()), or the resumed run's.
+    _add_options(p, TrainConfig, _train_options())
+    _add_options(p, GPTConfig, _MODEL_OPTIONS, "model ")
+    p.set_defaults(run=cmd_train)
+
+
+# Options of `course-lib train` that come from the config dataclasses. The CLI sets the rest
+# itself: where it saves and logs (from --out), the progress bar, and the vocabulary (from the
+# tokenizer); TrainConfig.block_size (windows shorter than the context) is for the library.
+_MODEL_OPTIONS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "positions", "bias")
+
+
+def _train_options() -> tuple[str, ...]:
+    skip = {"block_size", "log_path", "checkpoint_dir", "stop_at_step", "progress"}
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip)
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...], prefix: str = ""
+) -> None:
+    """--some-field for each of ``names``, a field of the dataclass ``cls``: its type (bool:
+    --x / --no-x), its help text; default None, meaning "not given"."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in names:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        base = typing.get_origin(kind) or kind
+        if base in (typing.Union, types.UnionType):
+            base = typing.get_origin(args[0]) or args[0]
+        option = dict(default=None, help=prefix + f.metadata.get("help", f.name))
+        if base is bool:
+            option["action"] = argparse.BooleanOptionalAction
+        elif base is tuple:
+            option.update(type=float, nargs=len(args), metavar=tuple(f"B{i}" for i in range(2)))
+        else:
+            option["type"] = str if base is Path else base
+        parser.add_argument("--" + f.name.replace("_", "-"), **option)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    # Imported here: the other commands need neither the model nor the training loop.
+    from course_lib import checkpoint
+    from course_lib.metrics import bits_per_char, evaluate_all
+    from course_lib.model import GPT, GPTConfig
+    from course_lib.train import train
+
+    out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
+    resuming = args.resume and checkpoint.checkpoint_exists(out)
+    saved_model, saved_train = checkpoint.read_config(out) if resuming else (None, None)
+    tokenizer = None
+    if resuming and (out / checkpoint.TOKENIZER).is_file():
+        tokenizer = BPETokenizer.load(out / checkpoint.TOKENIZER)  # the one the model knows
+
+    if args.text:
+        splits = data.load_splits(text_file=args.text)
+        if tokenizer is None:
+            tokenizer = BPETokenizer()
+            tokenizer.train(splits.text("train"), args.vocab_size)
+        tokens = data.encode_splits(splits, tokenizer)
+    else:
+        splits = data.load_splits()
+        tokenizer = tokenizer or data.course_tokenizer()
+        tokens = {s: data.load_tokens(s) for s in ("train", "val")}
+
+    shape = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    if saved_model is not None:
+        clash = {k: v for k, v in shape.items() if getattr(saved_model, k) != v}
+        if clash:
+            raise ValueError(
+                f"the checkpoint in {out} has "
+                + ", ".join(f"{k}={getattr(saved_model, k)}" for k in clash)
+                + f", not {', '.join(f'{k}={v}' for k, v in clash.items())}: to resume, leave "
+                f"out the shape options; for a new model, pick another --out"
+            )
+        model_config = saved_model
+    else:
+        model_config = GPTConfig.course(vocab_size=tokenizer.vocab_size, **shape)
+
+    # A resumed run continues with its saved settings; options given now override them.
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # a checkpoint of another version
+    if saved_train:
+        base = TrainConfig(**{k: v for k, v in saved_train.items() if k in known})
+    else:
+        base = TrainConfig.course()  # the preset's schedule: the course model, exactly
+    overrides = {k: getattr(args, k) for k in _train_options() if getattr(args, k) is not None}
+    if args.lr is not None and args.min_lr is None:
+        overrides["min_lr"] = args.lr / 10
+    if not saved_train and args.warmup_steps is None:  # a short run warms up for a tenth of it
+        max_steps = overrides.get("max_steps", base.max_steps)
+        overrides["warmup_steps"] = min(base.warmup_steps, max_steps // 10)
+    log_path = out.with_name(out.name + ".metrics.jsonl")
+    config = dataclasses.replace(
+        base, **overrides, checkpoint_dir=str(out), log_path=str(log_path), stop_at_step=None
+    )
+
+    env.seed_everything(config.seed)  # the same initial weights in every process
+    model = GPT(model_config)
+    result = train(model, tokens, config, tokenizer=tokenizer, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
+    print(
+        f"step {result.step}/{config.max_steps}: train loss {result.train_loss:.4f}, val loss "
+        f"{result.val_loss:.4f} nats/token (on {config.eval_steps} batches) in "
+        f"{result.elapsed_s:.0f} s"
+    )
+    if len(tokens["val"]) > model_config.block_size:  # the number to report: every token
+        val = evaluate_all(model, tokens["val"], model_config.block_size, config.batch_size)
+        chars = sum(len(w.text) for w in splits.val.values())
+        bpc = bits_per_char(val, len(tokens["val"]), chars)
+        print(f"validation, every token: {val:.4f} nats/token, {bpc:.3f} bits/char")
+    print(f"checkpoint: {out}\nmetrics:    {log_path}")
+    if result.stopped != "max_steps":
+        print(f"stopped early ({result.stopped}): continue with --resume --out {out}")
+    return 0
