@@ -766,3 +766,68 @@ def test_top_p_rejects_other_mistakes(attempt, feedback):
 def test_top_p_crashing_attempt_is_feedback():
     result = ex06.check_top_p(lambda lg, p: lg.sort(-1).values.softmax(-1).cumsum(-2)[5])
     assert result.status == FAILED and "your function raised IndexError" in result.message
+
+
+# --- Lesson 07: the LoRA forward, its initialisation, last-token pooling -----------------------
+
+
+def test_lesson07_checkers_accept_the_solutions_and_say_not_attempted_to_stubs():
+    from course_lib.exercises import lesson07 as ex07
+    from course_lib.exercises.solutions import lesson07 as sol07
+
+    assert ex07.check_lora_forward(sol07.lora_forward).status == PASSED
+    assert ex07.check_lora_init(sol07.lora_init).status == PASSED
+    assert ex07.check_last_token(sol07.last_token).status == PASSED
+    for check in (ex07.check_lora_forward, ex07.check_lora_init, ex07.check_last_token):
+        assert check(stub).status == NOT_ATTEMPTED
+
+
+def _lora(x, W, b, A, B, alpha, scale=None, base=True, bias=True):
+    scale = alpha / A.size(0) if scale is None else scale
+    out = (x @ W.T if base else 0) + (b if bias and base else 0)
+    return out + scale * (x @ A.T) @ B.T
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a, scale=1.0), "not scaled: multiply"),
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a, scale=a), "scaled by alpha alone"),
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a, scale=A.size(0) / a), "upside down"),
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a, base=False), "output W x + b is missing"),
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a, bias=False), "bias b of the frozen"),
+    (lambda x, W, b, A, B, a: x @ A.T, "return y of shape (B, T, out)"),
+    (lambda x, W, b, A, B, a: _lora(x, W, b, A, B, a) + 0.1, "differs from the LoRA layer"),
+])  # fmt: skip
+def test_lora_forward_rejects_typical_mistakes(attempt, feedback):
+    from course_lib.exercises import lesson07 as ex07
+
+    result = ex07.check_lora_forward(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda i, o, r: (torch.zeros(r, i), torch.randn(o, r) * 0.01), "A and B are swapped"),
+    (lambda i, o, r: (torch.randn(r, i) * 0.01, torch.randn(o, r) * 0.01), "B must start at zero"),
+    (lambda i, o, r: (torch.zeros(r, i), torch.zeros(o, r)), "both gradients are zero"),
+    (lambda i, o, r: (torch.randn(r, i) * 3, torch.zeros(o, r)), "A is large"),
+    (lambda i, o, r: (torch.randn(i, r) * 0.01, torch.zeros(r, o)), "A must be (rank, in)"),
+    (lambda i, o, r: torch.zeros(o, r), "return a pair (A, B)"),
+])  # fmt: skip
+def test_lora_init_rejects_typical_mistakes(attempt, feedback):
+    from course_lib.exercises import lesson07 as ex07
+
+    result = ex07.check_lora_init(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda h, n: h[:, -1], "padding included: a padded row ends earlier"),
+    (lambda h, n: h[torch.arange(len(n)), n.clamp(max=h.size(1) - 1)], "off by one"),
+    (lambda h, n: h[:, 0], "the first token of each row"),
+    (lambda h, n: h.mean(1), "the mean over all positions"),
+    (lambda h, n: h[torch.arange(len(n)), n - 1].T, "return (B, C) = (3, 4)"),
+])  # fmt: skip
+def test_last_token_rejects_typical_mistakes(attempt, feedback):
+    from course_lib.exercises import lesson07 as ex07
+
+    result = ex07.check_last_token(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
