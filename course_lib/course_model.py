@@ -3,7 +3,8 @@
 Lesson 05 (pretraining) trains it; Lessons 06 to 08 load it. ``benchmarks/sweep_course_model.py``
 chose its shape and schedule (benchmarks/README.md has the table); ``COURSE_VAL_BPC`` is the
 held-out bits per character it reaches (``metrics.evaluate_all`` over the 4 held-out plays),
-the course's stated number, within ``COURSE_BPC_TOLERANCE``.
+the course's stated number, within ``COURSE_BPC_TOLERANCE``. ``cached_train`` is the cache
+itself, for any model a lesson trains once (Lesson 07's fine-tuned models too).
 
     >>> from course_lib.course_model import load_or_train
     >>> ckpt = load_or_train()          # about 8 minutes the first time, a second afterwards
@@ -13,6 +14,7 @@ the course's stated number, within ``COURSE_BPC_TOLERANCE``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
@@ -31,10 +33,16 @@ from course_lib.data import course_tokenizer, load_tokens
 from course_lib.env import checkpoint_dir, seed_everything
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
-from course_lib.train import train
-from course_lib.train_state import DEFAULT_RUN
+from course_lib.train import BatchSource, LossFn, next_token_loss, train
+from course_lib.train_state import DEFAULT_RUN, describe_run
 
-__all__ = ["COURSE_BPC_TOLERANCE", "COURSE_STEPS", "COURSE_VAL_BPC", "load_or_train"]
+__all__ = [
+    "COURSE_BPC_TOLERANCE",
+    "COURSE_STEPS",
+    "COURSE_VAL_BPC",
+    "cached_train",
+    "load_or_train",
+]
 
 COURSE_VAL_BPC = 2.12
 COURSE_BPC_TOLERANCE = 0.02
@@ -56,36 +64,68 @@ def load_or_train(
     """The course model: loaded from ``path`` (``<checkpoints>/course``) when it was trained
     there, else trained into it first (about 8 minutes on 2 CPU cores), the same way every time.
 
-    A run that was cut short (a closed notebook, a crash) resumes where its last checkpoint
-    stopped, and gives the weights of an uninterrupted run. The defaults are the course's:
-    ``GPTConfig.course()``, ``TrainConfig.course()``, the corpus's token files and the course
-    tokenizer; pass others to cache a model of your own the same way. The metrics log is
-    ``<path>.metrics.jsonl``. A folder holding a model trained another way (another shape,
-    schedule, loss, batches or trainable parameters) is never overwritten: the error says
-    what differs.
+    The defaults are the course's: ``GPTConfig.course()``, ``TrainConfig.course()``, the
+    corpus's token files and the course tokenizer; pass others to cache a model of your own
+    the same way (``cached_train`` says how the cache behaves).
     """
-    path = Path(path) if path is not None else checkpoint_dir() / "course"
-    model_config = model_config or GPTConfig.course()
-    train_config = dataclasses.replace(
-        train_config or TrainConfig.course(),
+    train_config = train_config or TrainConfig.course()
+
+    def build() -> GPT:
+        seed_everything(train_config.seed)  # the initial weights; train() seeds the rest
+        return GPT(model_config or GPTConfig.course())
+
+    return cached_train(
+        Path(path) if path is not None else checkpoint_dir() / "course",
+        build,
+        data if data is not None else {s: load_tokens(s) for s in ("train", "val")},
+        train_config,
+        tokenizer=tokenizer or course_tokenizer(),
+        progress=progress,
+    )
+
+
+def cached_train(
+    path: str | Path,
+    build: Callable[[], GPT],
+    data: dict[str, Tensor | BatchSource],
+    config: TrainConfig,
+    loss_fn: LossFn | None = None,
+    tokenizer: BPETokenizer | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    """Train ``build()`` on ``data`` with ``config`` into the checkpoint ``path`` once; load it
+    from there every time after. Lessons cache what they train this way (Lesson 07's
+    fine-tuned models: ``build`` loads the course model and adds the adapters).
+
+    A run that was cut short (a closed notebook, a crash) resumes where its last checkpoint
+    stopped, and gives the weights of an uninterrupted run. The metrics log is
+    ``<path>.metrics.jsonl``. A folder holding a model trained another way (another shape,
+    changes, schedule, loss, batches or trainable parameters) is never overwritten: the error
+    says what differs.
+    """
+    path = Path(path)
+    config = dataclasses.replace(
+        config,
         checkpoint_dir=str(path),
         log_path=str(path.with_name(path.name + ".metrics.jsonl")),
         stop_at_step=None,
         max_minutes=None,
         progress=progress,
     )
+    model = build()
+    loss_fn = loss_fn or next_token_loss
     if checkpoint_exists(path):
         meta = read_meta(path)
-        diffs = differences(GPTConfig(**meta["model"]), model_config, "wanted")
-        if meta["changes"]:
-            diffs.append(f"changes {meta['changes']} (wanted: none)")
+        diffs = differences(GPTConfig(**meta["model"]), model.config, "wanted")
+        if meta["changes"] != model.changes:
+            diffs.append(f"changes {meta['changes']} (wanted: {model.changes})")
         if meta["train"] is None:
             diffs.append("no training config")
         else:
             saved = TrainConfig(**{k: v for k, v in meta["train"].items() if k in _TRAIN_FIELDS})
-            diffs += differences(saved, train_config, "wanted", _SCHEDULE)
-        run = meta["run"] or DEFAULT_RUN
-        diffs += [f"{k} {run.get(k)} (wanted: {v})" for k, v in DEFAULT_RUN.items()
+            diffs += differences(saved, config, "wanted", _SCHEDULE)
+        run, wanted = meta["run"] or DEFAULT_RUN, describe_run(model, data, loss_fn)
+        diffs += [f"{k} {run.get(k)} (wanted: {v})" for k, v in wanted.items()
                   if run.get(k) != v]  # fmt: skip
         if diffs:
             raise CheckpointError(
@@ -93,11 +133,7 @@ def load_or_train(
                 f"that folder to train this one there, or pass another path"
             )
         state = load_train_state(path)
-        if state is not None and state.step >= train_config.max_steps:
+        if state is not None and state.step >= config.max_steps:
             return load_checkpoint(path)
-    if data is None:
-        data = {s: load_tokens(s) for s in ("train", "val")}
-    seed_everything(train_config.seed)  # the initial weights; train() seeds the rest
-    model = GPT(model_config)
-    train(model, data, train_config, tokenizer=tokenizer or course_tokenizer(), resume=True)
+    train(model, data, config, tokenizer=tokenizer, resume=True, loss_fn=loss_fn)
     return load_checkpoint(path)

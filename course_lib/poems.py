@@ -22,6 +22,7 @@ and 139 sonnets, is for training.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from course_lib.data import Splits, load_splits
 
@@ -66,3 +67,57 @@ def poem_splits(splits: Splits | None = None) -> dict[str, str]:
         if name != "sonnets":
             pieces["val" if name == HELD_OUT_POEM else "train"].append(work.text)
     return {split: "\n\n\n".join(texts) for split, texts in pieces.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The form of a sonnet, measured: 14 lines, the closing couplet indented, about 10 syllables.
+
+_VOWEL_GROUPS = re.compile(r"[aeiouy]+")
+
+
+def syllables(line: str) -> int:
+    """An approximate syllable count: the groups of vowels in each word, a silent final e
+    dropped, at least one a word. "Shall I compare thee to a summer's day?" -> 10.
+
+    >>> syllables("Shall I compare thee to a summer's day?")
+    10
+    """
+    count = 0
+    for word in re.findall(r"[a-z']+", line.lower()):
+        word = word.replace("'", "")
+        groups = len(_VOWEL_GROUPS.findall(word))
+        if word.endswith("e") and not word.endswith(("le", "ee")) and groups > 1:
+            groups -= 1  # "compare", "time": the final e is silent
+        count += max(groups, 1 if word else 0)
+    return count
+
+
+@dataclass(frozen=True)
+class SonnetForm:
+    """What a poem's shape says: its lines (not counting blank ones), whether its last two lines
+    are indented (as the book sets a closing couplet), and its mean syllables per line."""
+
+    lines: int
+    indented_couplet: bool
+    mean_syllables: float
+
+    @property
+    def is_sonnet_shaped(self) -> bool:
+        """14 lines ending in an indented couplet."""
+        return self.lines == 14 and self.indented_couplet
+
+
+def sonnet_form(text: str) -> SonnetForm:
+    """The form of the first poem in ``text`` (what follows a numeral heading, up to the next
+    heading, a triple line break or ``<|endoftext|>``)."""
+    text = text.split("<|endoftext|>")[0].split("\n\n\n")[0]
+    lines = []
+    for line in text.strip("\n").splitlines():
+        if _HEADING.fullmatch(line) and lines:
+            break  # the next sonnet begins
+        if line.strip() and not _HEADING.fullmatch(line):
+            lines.append(line)
+    if not lines:
+        return SonnetForm(0, False, 0.0)
+    indented = len(lines) >= 2 and all(line.startswith("  ") for line in lines[-2:])
+    return SonnetForm(len(lines), indented, sum(map(syllables, lines)) / len(lines))

@@ -18,7 +18,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from course_lib import data
-from course_lib.checkpoint import load_checkpoint
+from course_lib.checkpoint import CheckpointError, load_checkpoint
 from course_lib.config import TrainConfig
 from course_lib.finetune import (
     LoRALinear,
@@ -312,3 +312,47 @@ def test_cli_finetune_and_eval_errors_name_the_fix(cli_base, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(cli_base / "base"), "--text",
                      str(tmp_path / "latin1.txt")]) == 2  # fmt: skip
     assert "is not UTF-8 text (bad byte at position 17)" in capsys.readouterr().err
+
+
+def test_cached_train_trains_a_lora_model_once_then_loads_it(tmp_path, monkeypatch):
+    from course_lib import course_model
+
+    tokens = {"train": data.load_tokens("finetune")[:20_000] % 100,
+              "val": data.load_tokens("finetune")[-5_000:] % 100}  # fmt: skip
+    config = TrainConfig(batch_size=4, max_steps=4, warmup_steps=1, eval_interval=4,
+                         eval_steps=2, progress=False, lr=1e-2)  # fmt: skip
+
+    def build(rank: int = 2):
+        return lambda: add_lora(base_model(), rank=rank, alpha=4.0)
+
+    first = course_model.cached_train(tmp_path / "lora", build(), tokens, config)
+    assert first.train_state.step == 4 and isinstance(
+        first.model.transformer.h[0].attn.c_attn, LoRALinear)  # fmt: skip
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading the cache")
+
+    monkeypatch.setattr(course_model, "train", no_training)
+    again = course_model.cached_train(tmp_path / "lora", build(), tokens, config)
+    assert torch.equal(again.model(ids()).logits, first.model(ids()).logits)
+    with pytest.raises(CheckpointError, match=r"trained another way: changes .*'rank': 2.*"
+                                              r"\(wanted: .*'rank': 4"):  # fmt: skip
+        course_model.cached_train(tmp_path / "lora", build(rank=4), tokens, config)
+
+
+def test_sonnet_form_measures_the_real_sonnets(splits):
+    from course_lib.poems import sonnet_form, sonnets, syllables
+
+    forms = [sonnet_form(s) for s in sonnets(splits).values()]
+    # 154 sonnets: 99 has 15 lines, 126 has 12, 25's couplet lost its indent in the file.
+    assert sum(f.is_sonnet_shaped for f in forms) == 151
+    mean = sum(f.mean_syllables for f in forms) / len(forms)
+    assert 10.0 < mean < 10.5  # iambic pentameter, by an approximate counter
+    assert syllables("Shall I compare thee to a summer's day?") == 10
+    assert syllables("") == 0
+    text = "XVIII\n\n" + sonnets(splits)[18] + "\n\nXIX\n\nDevouring Time, blunt thou"
+    assert sonnet_form(text).is_sonnet_shaped  # cut at the next numeral
+    assert sonnet_form("I\n\nA line\n  and an indented one<|endoftext|>more") == sonnet_form(
+        "A line\n  and an indented one"
+    )
+    assert sonnet_form("\n\n").lines == 0
