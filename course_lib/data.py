@@ -232,9 +232,11 @@ def read_text(path: str | Path) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"text file {path} does not exist") from None
     except UnicodeDecodeError as err:
+        byte = err.object[err.start]
         raise ValueError(
-            f"{path} is not UTF-8 text (bad byte at position {err.start}). Re-save "
-            "it as UTF-8 (most editors offer this under 'Save as')."
+            f"{path} is not UTF-8 text (byte 0x{byte:02x} at byte offset {err.start}). Convert "
+            f"it, e.g. from Latin-1: `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8.txt`, "
+            f"or re-save it as UTF-8 (most editors offer this under 'Save as')."
         ) from None
     if not text.strip():
         raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")

@@ -179,7 +179,10 @@ def test_own_text_file_splits_at_a_line_break(tmp_path):
     [
         (b"", "is empty"),
         (b"  \n\n ", "is empty"),
-        (b"caf\xe9 latin-1", "not UTF-8 text .*position 3"),
+        (
+            b"caf\xe9 latin-1",
+            "not UTF-8 text \\(byte 0xe9 at byte offset 3\\)\\. Convert it.*iconv -f latin1",
+        ),
     ],
 )
 def test_own_text_file_errors_name_the_problem(tmp_path, content, message):

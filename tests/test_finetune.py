@@ -311,7 +311,7 @@ def test_cli_finetune_and_eval_errors_name_the_fix(cli_base, tmp_path, capsys):
     (tmp_path / "latin1.txt").write_bytes("Fair is foul, caf\xe9".encode("latin-1"))
     assert cli.main(["eval", "--checkpoint", str(cli_base / "base"), "--text",
                      str(tmp_path / "latin1.txt")]) == 2  # fmt: skip
-    assert "is not UTF-8 text (bad byte at position 17)" in capsys.readouterr().err
+    assert "is not UTF-8 text (byte 0xe9 at byte offset 17). Convert it" in capsys.readouterr().err
 
 
 def test_cached_train_trains_a_lora_model_once_then_loads_it(tmp_path, monkeypatch):

@@ -183,7 +183,11 @@ def test_cli_tokenizer_errors_exit_2_with_the_reason(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     proc = _cli("tokenizer", "train", "--text", str(empty), "--vocab-size", "300", "--out", "x")
-    assert proc.returncode == 2 and "cannot train on empty text" in proc.stderr
+    assert proc.returncode == 2 and "is empty (or only whitespace)" in proc.stderr
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Fair is foul, caf\xe9".encode("latin-1"))
+    proc = _cli("tokenizer", "train", "--text", str(latin1), "--vocab-size", "300", "--out", "x")
+    assert proc.returncode == 2 and "byte 0xe9 at byte offset 17). Convert it" in proc.stderr
     proc = _cli("tokenizer", "decode", "5000")
     assert (
         proc.returncode == 2 and "token id 5000 is not in the vocabulary (size 2048)" in proc.stderr

@@ -97,7 +97,7 @@ def _tokenizer(path: Path | None) -> BPETokenizer:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    text = Path(args.text).read_text(encoding="utf-8")
+    text = data.read_text(args.text)
     tok = BPETokenizer()
     tok.train(text, args.vocab_size)
     tok.save(args.out)
