@@ -234,7 +234,7 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.size(-1) != self.n_embd:
             raise ValueError(f"x must be (B, T, C) with C={self.n_embd}, got {_shape(x)}")
         T = x.size(1)
-        q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)  # 3 x (B, T, nh * hd)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, nh, T, hd)
         T_past = 0
         if kv_cache is not None:

@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # transformers is imported only when converting: it takes sec
 # Targets equal to this are skipped by the loss (the default of F.cross_entropy and of
 # Hugging Face's labels), e.g. to train only on the answer part of a sequence.
 IGNORE_INDEX = -100
-# param_counts: which part a parameter belongs to, by a piece of its name (else "embeddings").
+# param_counts: which part a tensor belongs to, by a piece of its name (else the embeddings,
+# or "other" for what a change added, e.g. a classifier head).
 PARTS = ((".attn.", "attention"), (".mlp.", "mlp"), ("ln_", "layernorms"))
 
 

@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Imported here: the other commands need neither the model nor the training loop.
     from course_lib import checkpoint
     from course_lib.metrics import bits_per_char, evaluate_all
-    from course_lib.model import GPT, GPTConfig
+    from course_lib.model import GPT
     from course_lib.train import train
 
     out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
