@@ -99,16 +99,16 @@ def cached_train(
 
     A run that was cut short (a closed notebook, a crash) resumes where its last checkpoint
     stopped, and gives the weights of an uninterrupted run. The metrics log is
-    ``<path>.metrics.jsonl``. A folder holding a model trained another way (another shape,
-    changes, schedule, loss, batches or trainable parameters) is never overwritten: the error
-    says what differs.
+    ``<path>.metrics.jsonl``. With ``config.stop_at_step`` the model is the one at that step of
+    the max_steps schedule (early stopping at a step a longer run found best). A folder holding
+    a model trained another way (another shape, changes, schedule, loss, batches or trainable
+    parameters) is never overwritten: the error says what differs.
     """
     path = Path(path)
     config = dataclasses.replace(
         config,
         checkpoint_dir=str(path),
         log_path=str(path.with_name(path.name + ".metrics.jsonl")),
-        stop_at_step=None,
         max_minutes=None,
         progress=progress,
     )
@@ -132,8 +132,13 @@ def cached_train(
                 f"{path} holds a model trained another way: {', '.join(diffs)}. Move or delete "
                 f"that folder to train this one there, or pass another path"
             )
-        state = load_train_state(path)
-        if state is not None and state.step >= config.max_steps:
+        state, last = load_train_state(path), config.stop_at_step or config.max_steps
+        if state is not None and state.step > last:
+            raise CheckpointError(
+                f"{path} holds the model at step {state.step}, past the step {last} wanted: "
+                f"training cannot go back, so move or delete that folder, or pass another path"
+            )
+        if state is not None and state.step == last:
             return load_checkpoint(path)
     train(model, data, config, tokenizer=tokenizer, resume=True, loss_fn=loss_fn)
     return load_checkpoint(path)

@@ -28,6 +28,7 @@ from course_lib.data import Splits, load_splits
 
 HELD_OUT_SONNETS = tuple(range(10, 155, 10))  # X, XX, ..., CL
 HELD_OUT_POEM = "lovers_complaint"
+PLAYS_SAMPLE_CHARS = 15_000  # of each held-out play, for measuring forgetting
 _HEADING = re.compile(r"^ *([IVXLC]+) *$", re.M)  # a sonnet's number, a roman numeral alone
 
 
@@ -67,6 +68,14 @@ def poem_splits(splits: Splits | None = None) -> dict[str, str]:
         if name != "sonnets":
             pieces["val" if name == HELD_OUT_POEM else "train"].append(work.text)
     return {split: "\n\n\n".join(texts) for split, texts in pieces.items()}
+
+
+def plays_sample(splits: Splits | None = None, chars: int = PLAYS_SAMPLE_CHARS) -> str:
+    """The first ``chars`` characters of each held-out play (``data.VALIDATION_PLAYS``, one of
+    each genre), joined by blank lines: what fine-tuning on poems may make a model forget,
+    small enough to measure after every run (60,000 characters, about 23,000 tokens)."""
+    splits = splits or load_splits()
+    return "\n\n\n".join(work.text[:chars] for work in splits.val.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -831,3 +831,30 @@ def test_last_token_rejects_typical_mistakes(attempt, feedback):
 
     result = ex07.check_last_token(attempt)
     assert result.status == FAILED and feedback in result.message, result.message
+
+
+@pytest.mark.slow
+def test_forgetting_experiment_passes_at_ten_times_the_rate_and_explains_what_else_it_sees():
+    from course_lib.config import TrainConfig
+    from course_lib.exercises import lesson07 as ex07
+    from course_lib.exercises.solutions import lesson07 as sol07
+    from course_lib.finetune import add_lora
+    from course_lib.train import train
+
+    assert ex07.check_forgetting(stub).status == NOT_ATTEMPTED
+    assert ex07.check_forgetting(sol07.too_fast).status == PASSED
+
+    def gently(model, poems):  # Section 2's learning rate: it forgets too little to pass
+        config = TrainConfig(batch_size=16, max_steps=100, lr=3e-4, min_lr=3e-5,
+                             warmup_steps=5, eval_interval=100, progress=False)  # fmt: skip
+        train(model, poems, config)
+        return model
+
+    for attempt, feedback in [
+        (gently, "was the learning rate 3e-3"),
+        (lambda model, poems: model, "did not move"),
+        (lambda model, poems: add_lora(model, rank=2, alpha=4.0), "has LoRA adapters"),
+        (lambda model, poems: None, "return the fine-tuned model (a GPT), got NoneType"),
+    ]:
+        result = ex07.check_forgetting(attempt)
+        assert result.status == FAILED and feedback in result.message, result.message

@@ -340,6 +340,30 @@ def test_cached_train_trains_a_lora_model_once_then_loads_it(tmp_path, monkeypat
         course_model.cached_train(tmp_path / "lora", build(rank=4), tokens, config)
 
 
+def test_cached_train_stops_at_a_step_of_the_longer_schedule(tmp_path):
+    from course_lib import course_model
+
+    tokens = {"train": data.load_tokens("finetune")[:20_000] % 100,
+              "val": data.load_tokens("finetune")[-5_000:] % 100}  # fmt: skip
+    config = TrainConfig(batch_size=4, max_steps=6, warmup_steps=1, eval_interval=2,
+                         eval_steps=2, progress=False, lr=1e-2)  # fmt: skip
+    long = base_model()
+    history = train(long, tokens, replace(config, stop_at_step=4)).history
+    early = course_model.cached_train(
+        tmp_path / "early", base_model, tokens, replace(config, stop_at_step=4)
+    )
+    assert early.train_state.step == 4
+    assert torch.equal(early.model(ids()).logits, long(ids()).logits)
+    log = [json.loads(line) for line in (tmp_path / "early.metrics.jsonl").open()]
+    assert [h["val_loss"] for h in log if "val_loss" in h] == [
+        h["val_loss"] for h in history if "val_loss" in h]  # fmt: skip
+    full = course_model.cached_train(tmp_path / "full", base_model, tokens, config)
+    assert full.train_state.step == 6
+    with pytest.raises(CheckpointError, match="holds the model at step 6, past the step 4"):
+        course_model.cached_train(tmp_path / "full", base_model, tokens,
+                                  replace(config, stop_at_step=4))  # fmt: skip
+
+
 def test_sonnet_form_measures_the_real_sonnets(splits):
     from course_lib.poems import sonnet_form, sonnets, syllables
 

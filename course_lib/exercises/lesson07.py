@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from course_lib.exercises import call, checker
 from course_lib.finetune import LoRALinear
 
+FORGETTING_BPC = 0.3  # how much worse the plays must get at 3e-3 (Section 2, at 3e-4: ~0.15)
+
 
 def _layer(rank: int, alpha: float) -> LoRALinear:
     """A LoRA layer whose B is not zero, as after training, so every mistake shows."""
@@ -19,8 +21,13 @@ def _layer(rank: int, alpha: float) -> LoRALinear:
     return lora
 
 
-@checker("lora_forward", "The frozen layer's output plus the update: x @ W.T + b, plus "
-         "(alpha / rank) * (x @ A.T) @ B.T, with rank = A.size(0).")  # fmt: skip
+_LORA_HINT = (
+    "y is what the frozen layer gives, plus Section 3's update scaled by alpha / rank; "
+    "multiply x by A first, so that the (out, in) matrix B A is never formed."
+)
+
+
+@checker("lora_forward", _LORA_HINT)
 def check_lora_forward(fn) -> str | None:
     """Check ``fn(x, W, b, A, B, alpha) -> y``: a LoRA layer's forward pass, x (..., in) ->
     y (..., out), W (out, in), b (out,), A (rank, in), B (out, rank)."""
@@ -87,8 +94,8 @@ def check_lora_init(fn) -> str | None:
     return None
 
 
-@checker("last_token", "For each row b the hidden state at position lengths[b] - 1: index with "
-         "hidden[torch.arange(B), lengths - 1].")  # fmt: skip
+@checker("last_token", "Row b has lengths[b] real tokens, so its last one sits at position "
+         "lengths[b] - 1; pick one position per row with a pair of index tensors.")  # fmt: skip
 def check_last_token(fn) -> str | None:
     """Check ``fn(hidden, lengths) -> (B, C)``: each sequence's hidden state at its last real
     token; hidden (B, T, C), lengths (B,) the real tokens of each row (the rest is padding)."""
@@ -115,3 +122,59 @@ def check_last_token(fn) -> str | None:
         if torch.allclose(got, wrong):
             return message
     return "some rows differ from the hidden state at position lengths[b] - 1"
+
+
+@checker(
+    "too_fast",
+    "Train the copy as Section 2 did, for 100 steps, with a learning rate "
+    "ten times larger; return it, and compare its plays with Section 2's.",
+)
+def check_forgetting(fn) -> str | None:
+    """Check the experiment ``fn(model, poems) -> model``: full fine-tuning of the course model
+    on the poems ({"train", "val"} token ids) at ten times Section 2's learning rate. It passes
+    when every weight moved and the held-out plays got clearly worse than Section 2's run left
+    them, and prints what it measured."""
+    from course_lib.course_model import load_or_train
+    from course_lib.metrics import bits_per_char, evaluate_all
+    from course_lib.model import GPT
+    from course_lib.poems import plays_sample, poem_splits
+
+    course = load_or_train(progress=False)
+    fast = course.tokenizer.fast()
+    poems = {s: torch.tensor(fast.encode(t).ids) for s, t in poem_splits().items()}
+    text = plays_sample()
+    plays = torch.tensor(fast.encode(text).ids)
+
+    def bpc(model: nn.Module, ids: Tensor, chars: int) -> float:
+        loss = evaluate_all(model, ids, model.config.block_size)
+        return bits_per_char(loss, len(ids), chars)
+
+    def plays_bpc(model: nn.Module) -> float:
+        return bpc(model, plays, len(text))
+
+    def poems_bpc(model: nn.Module) -> float:
+        return bpc(model, poems["val"], len(poem_splits()["val"]))
+
+    model = call(fn, load_or_train(progress=False).model, poems)
+    if not isinstance(model, GPT):
+        return f"return the fine-tuned model (a GPT), got {type(model).__name__}"
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        return "that model has LoRA adapters: this experiment fine-tunes every weight, fully"
+    moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), course.model.parameters())]
+    if not all(moved):
+        return (
+            f"{moved.count(False)} of {len(moved)} weight tensors did not move: train the "
+            f"copy you were given (train(model, poems, config)) and return it"
+        )
+    rise = plays_bpc(model) - plays_bpc(course.model)
+    better = poems_bpc(course.model) - poems_bpc(model)
+    print(
+        f"your run: held-out poems {better:+.3f} bits/char better, held-out plays {rise:+.3f} "
+        f"worse (Section 2's run: about +0.11 and +0.15)"
+    )
+    if rise < FORGETTING_BPC:
+        return (
+            f"the plays got only {rise:.3f} bits/char worse: was the learning rate 3e-3, ten "
+            f"times Section 2's 3e-4 (TrainConfig(lr=3e-3, min_lr=3e-4, ...))?"
+        )
+    return None

@@ -19,3 +19,22 @@ def lora_init(in_features, out_features, rank):
 
 def last_token(hidden, lengths):
     return hidden[torch.arange(hidden.size(0)), lengths - 1]
+
+
+def too_fast(model, poems):
+    from course_lib.config import TrainConfig
+    from course_lib.train import train
+
+    config = TrainConfig(
+        batch_size=16,
+        max_steps=100,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        eval_interval=100,
+        eval_steps=4,
+        checkpoint_interval=100,
+        progress=False,
+    )
+    train(model, poems, config)
+    return model
