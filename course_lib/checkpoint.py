@@ -47,6 +47,7 @@ from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swa
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train_state import (
+    DEFAULT_RUN,
     STATE_JSON,
     STATE_TENSORS,
     TrainState,
@@ -347,6 +348,22 @@ def differences(saved: Any, wanted: Any, label: str, names: tuple[str, ...] = ()
     names = names or tuple(f.name for f in dataclasses.fields(saved))
     return [f"{k}={getattr(saved, k)} ({label}: {getattr(wanted, k)})"
             for k in names if getattr(saved, k) != getattr(wanted, k)]  # fmt: skip
+
+
+def model_differences(meta: dict, model: GPT, label: str) -> list[str]:
+    """What makes the model a checkpoint holds (``read_meta``) another than ``model``: its shape
+    and its changes, each as "what the checkpoint has (label: what model has)"."""
+    diffs = differences(GPTConfig(**meta["model"]), model.config, label)
+    if meta["changes"] != model.changes:
+        diffs.append(f"changes {meta['changes']} ({label}: {model.changes})")
+    return diffs
+
+
+def run_differences(meta: dict, run: dict, label: str) -> list[str]:
+    """What the checkpoint's run trained with that ``run`` (``describe_run``) does not: loss,
+    batches, trainable parameters. A checkpoint of format 1 counts as the default run."""
+    saved = meta["run"] or DEFAULT_RUN
+    return [f"{k} {saved.get(k)} ({label}: {v})" for k, v in run.items() if saved.get(k) != v]
 
 
 def _shape_hint(stored: dict[str, tuple], config: GPTConfig | None) -> str:

@@ -26,7 +26,9 @@ from course_lib.checkpoint import (
     differences,
     load_checkpoint,
     load_train_state,
+    model_differences,
     read_meta,
+    run_differences,
 )
 from course_lib.config import COURSE_STEPS, TrainConfig
 from course_lib.data import course_tokenizer, load_tokens
@@ -34,7 +36,7 @@ from course_lib.env import checkpoint_dir, seed_everything
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train import BatchSource, LossFn, next_token_loss, train
-from course_lib.train_state import DEFAULT_RUN, describe_run
+from course_lib.train_state import describe_run
 
 __all__ = [
     "COURSE_BPC_TOLERANCE",
@@ -116,17 +118,13 @@ def cached_train(
     loss_fn = loss_fn or next_token_loss
     if checkpoint_exists(path):
         meta = read_meta(path)
-        diffs = differences(GPTConfig(**meta["model"]), model.config, "wanted")
-        if meta["changes"] != model.changes:
-            diffs.append(f"changes {meta['changes']} (wanted: {model.changes})")
+        diffs = model_differences(meta, model, "wanted")
         if meta["train"] is None:
             diffs.append("no training config")
         else:
             saved = TrainConfig(**{k: v for k, v in meta["train"].items() if k in _TRAIN_FIELDS})
             diffs += differences(saved, config, "wanted", _SCHEDULE)
-        run, wanted = meta["run"] or DEFAULT_RUN, describe_run(model, data, loss_fn)
-        diffs += [f"{k} {run.get(k)} (wanted: {v})" for k, v in wanted.items()
-                  if run.get(k) != v]  # fmt: skip
+        diffs += run_differences(meta, describe_run(model, data, loss_fn), "wanted")
         if diffs:
             raise CheckpointError(
                 f"{path} holds a model trained another way: {', '.join(diffs)}. Move or delete "

@@ -46,19 +46,20 @@ from course_lib.checkpoint import (
     TOKENIZER,
     CheckpointError,
     checkpoint_exists,
-    differences,
     load_train_state,
     load_weights,
+    model_differences,
     read_meta,
+    run_differences,
     save_checkpoint,
 )
-from course_lib.config import GPTConfig, TrainConfig
+from course_lib.config import TrainConfig
 from course_lib.data import get_batch
 from course_lib.env import autocast, seed_everything
 from course_lib.model import GPT
 from course_lib.optim import configure_optimizer, lr_at
 from course_lib.tokenizer import BPETokenizer
-from course_lib.train_state import DEFAULT_RUN, TrainState, describe_run, rewind_log
+from course_lib.train_state import TrainState, describe_run, rewind_log
 
 Batch = tuple[Tensor, ...]
 BatchSource = Callable[[int, torch.Generator], Batch]  # (batch_size, generator) -> batch
@@ -360,19 +361,13 @@ def _resume(
             print(f"no checkpoint in {ckpt} yet: training from step 0", file=sys.stderr)
         return None
     meta = read_meta(ckpt)
-    diffs = differences(GPTConfig(**meta["model"]), model.config, "this model")
-    if meta["changes"] != model.changes:
-        diffs.append(f"changes {meta['changes']} (this model: {model.changes})")
-    if diffs:
+    if diffs := model_differences(meta, model, "this model"):
         raise CheckpointError(
             f"the checkpoint in {ckpt} is of another model: {', '.join(diffs)}. Build the "
             f"model from load_checkpoint({str(ckpt)!r}) to resume it, or train into another "
             f"folder"
         )
-    saved_run = meta["run"] or DEFAULT_RUN
-    if saved_run != run:
-        diffs = [f"{k} {saved_run.get(k)} (this run: {run[k]})" for k in run
-                 if saved_run.get(k) != run[k]]  # fmt: skip
+    if diffs := run_differences(meta, run, "this run"):
         raise CheckpointError(
             f"the checkpoint in {ckpt} was trained another way: {', '.join(diffs)}. Resume "
             f"with the same loss, batches and trainable parameters, or train into another folder"

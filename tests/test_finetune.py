@@ -282,7 +282,7 @@ def test_cli_finetune_writes_a_lora_checkpoint_that_resumes_bit_for_bit(cli_base
 
     assert cli.main(finetune_args(cli_base, "straight")) == 0
     out = capsys.readouterr().out
-    assert "step 8/8 (lora, 512 trainable parameters)" in out  # 2 layers x (2x32 + 96x2)
+    assert "step 8/8 (lora, 1,152 trainable parameters)" in out  # 2 x (2x(32+96) + 2x(32+128))
     assert cli.main(finetune_args(cli_base, "cut", "--max-minutes", "0")) == 0
     assert "stopped early (max_minutes)" in capsys.readouterr().out
     assert cli.main(finetune_args(cli_base, "cut", "--resume")) == 0

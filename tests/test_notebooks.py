@@ -31,3 +31,12 @@ def test_notebook_imports_course_lib_and_checks_exercises(path):
     source = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
     assert "from course_lib" in source
     assert "course_lib.exercises" in source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ci_markers_are_cell_tags_not_code_learners_read(path):
+    cells = json.loads(path.read_text())["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert not [s for s in sources if "NBVAL_" in s or "fmt: skip" in s]
+    tagged = [c for c in cells if "nbval-ignore-output" in c["metadata"].get("tags", [])]
+    assert all(c["cell_type"] == "code" for c in tagged)

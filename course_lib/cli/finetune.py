@@ -34,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
     p.add_argument(
-        "--targets", nargs="+", default=["c_attn"], help="projections LoRA wraps (c_attn)"
+        "--targets",
+        nargs="+",
+        default=["c_attn", "c_fc"],
+        help="projections LoRA wraps (default: c_attn c_fc, as Lesson 07)",
     )
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoints>/<base>-<method>")
     p.add_argument("--resume", action="store_true", help="continue from --out where it stopped")
