@@ -27,8 +27,22 @@ then imports the module and checks both agree. Later lessons build on these modu
     sampling        greedy, temperature, top-k, top-p, streaming              (Lesson 06)
     poems           the poems' fixed held-out set, the sonnets one by one      (Lesson 07)
     finetune        LoRA adapters in peft's format, a classification head      (Lesson 07)
+    compress        int8, int4 and bfloat16 weights, stored as such            (Lesson 08)
     exercises       checkers for every lesson's exercises
     cli             the ``course-lib`` command
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# torchao (the reference for compress's int4 codes, a dev dependency) is imported by transformers
+# and peft whenever it is installed, and on a CPU build of torch it reports on stderr that its
+# CUDA kernels did not load, and torch that it registers Enums the old way: noise in every
+# notebook cell that imports transformers first. Those messages alone are dropped.
+logging.getLogger("torchao").addFilter(
+    lambda r: not r.getMessage().startswith(("Failed to load", "Skipping import of cpp"))
+)
+logging.getLogger("torch.utils._pytree").addFilter(
+    lambda r: "is an Enum subclass" not in r.getMessage()
+)
