@@ -1,4 +1,4 @@
-"""course_lib.compress, quantization, against independent references: the absmax int8 rule
+"""course_lib.compress.quantize, against independent references: the absmax int8 rule
 computed by hand, torchao's int4 codes (``IntxWeightOnlyConfig``), the byte count derived from
 the shapes, and the float32 model it came from. Quantized models save, load, and convert back.
 
@@ -16,7 +16,7 @@ from safetensors import safe_open
 from torch import nn
 
 from course_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from course_lib.compress import (
+from course_lib.compress.quantize import (
     EPS,
     Int4Linear,
     Int8Linear,
@@ -299,6 +299,6 @@ def test_a_dequantized_model_converts_to_hugging_face():
 def test_docstring_examples_run():
     import doctest
 
-    from course_lib import compress
+    from course_lib.compress import quantize
 
-    assert doctest.testmod(compress).failed == 0
+    assert doctest.testmod(quantize).failed == 0

@@ -1,4 +1,4 @@
-"""Compression: the same GPT in fewer bytes. Quantization first: weights as small integer codes.
+"""Quantization: the same GPT in fewer bytes, its weights as small integer codes.
 
 Lesson 08 (compression) derives this.
 
@@ -24,7 +24,7 @@ tensors, and ``load_checkpoint`` replays it before loading them. ``dequantize`` 
 back into float32 nn.Linear weights (with the precision they lost), e.g. for ``to_hf``.
 
     >>> from course_lib.model import GPT, GPTConfig
-    >>> from course_lib.compress import quantize_bf16, quantize_int4, quantize_int8
+    >>> from course_lib.compress.quantize import quantize_bf16, quantize_int4, quantize_int8
     >>> config = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=128)
     >>> fp32 = GPT(config).num_bytes()
     >>> for quantize in (quantize_bf16, quantize_int8, quantize_int4):
@@ -36,6 +36,7 @@ back into float32 nn.Linear weights (with the precision they lost), e.g. for ``t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -143,6 +144,13 @@ class Int8Linear(QuantizedLinear):
 
     def dequantize(self, rows: Tensor | slice = slice(None)) -> Tensor:
         return self.weight_int8[rows].float() * self.scale[rows][..., None]  # (..., in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return super().forward(x)
+        return torch.ops.quantized.linear_dynamic(x, self.packed)  # bias is packed with it
+
+    packed = None  # fbgemm's prepacked codes, while use_int8_kernel is on (never saved)
 
 
 class Int4Linear(QuantizedLinear):
@@ -283,6 +291,40 @@ def quantize_bf16(model: GPT) -> GPT:
     the bfloat16 tensors the checkpoint holds, and no cast happens silently."""
     _projections(model, "quantize_bf16")
     return model.to(torch.bfloat16)
+
+
+@torch.no_grad()
+def use_int8_kernel(model: GPT, on: bool = True) -> GPT:
+    """Run every ``Int8Linear`` of ``model`` through PyTorch's int8 kernel (fbgemm, on a CPU),
+    with the same codes and row scales, instead of dequantizing to float32 and multiplying.
+
+    The kernel multiplies integers: it also rounds each input x to 8 bits (one scale a call,
+    "dynamic" quantization), which costs a little precision. Nothing saved changes: this is
+    a way of running the model, not a change of it (``on=False`` goes back). Changed in place.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if not layers:
+        raise ValueError("the model has no Int8Linear layers: quantize_int8(model) first")
+    for layer in layers:
+        layer.packed = None
+        if not on:
+            continue
+        if layer.weight_int8.device.type != "cpu":
+            raise ValueError(
+                f"the int8 kernel (fbgemm) runs on a CPU, and the model is on "
+                f"{layer.weight_int8.device}: move it with model.cpu() first"
+            )
+        zero_points = torch.zeros(layer.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            # torch 2.13 says its quantized tensors will go in a later release: the pinned
+            # torch has them, and they are the way into its int8 kernel.
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
+            weight = torch._make_per_channel_quantized_tensor(
+                layer.weight_int8, layer.scale.double(), zero_points, 0
+            )
+        bias = None if layer.bias is None else layer.bias.detach().float()
+        layer.packed = torch.ops.quantized.linear_prepack(weight, bias)
+    return model
 
 
 def _quantize_names() -> set[str]:
