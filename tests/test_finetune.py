@@ -256,21 +256,6 @@ def test_docstring_examples_run():
 # --- the command line ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cli_base(splits, tmp_path_factory):
-    """A tiny base checkpoint trained by `course-lib train` on Macbeth, and a text to tune on."""
-    from course_lib import cli
-
-    root = tmp_path_factory.mktemp("cli")
-    (root / "macbeth.txt").write_text(splits.val["macbeth"].text[:30_000], encoding="utf-8")
-    (root / "tempest.txt").write_text(splits.val["tempest"].text[:20_000], encoding="utf-8")
-    args = ["train", "--text", str(root / "macbeth.txt"), "--vocab-size", "300", "--n-layer",
-            "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "8",
-            "--eval-steps", "2", "--max-steps", "10", "--out", str(root / "base")]  # fmt: skip
-    assert cli.main(args) == 0
-    return root
-
-
 def finetune_args(root, out: str, *more: str) -> list[str]:
     return ["finetune", "--checkpoint", str(root / "base"), "--text", str(root / "tempest.txt"),
             "--rank", "2", "--batch-size", "4", "--max-steps", "8", "--out", str(root / out),

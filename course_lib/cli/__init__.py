@@ -7,9 +7,10 @@
     course-lib sample                write text with a trained model, streamed as it comes
     course-lib finetune              fine-tune a checkpoint on the poems or your text (LoRA too)
     course-lib eval                  nats/token and bits/char of any checkpoint on any text
+    course-lib compress              quantize, prune or distill a checkpoint into a smaller one
 
 Each lesson adds its command; one module here per group of commands (corpus, train, sample,
-finetune), each with a ``register`` that adds its parsers.
+finetune, compress), each with a ``register`` that adds its parsers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import sys
 
 from course_lib import data
-from course_lib.cli import corpus, finetune, sample, train
+from course_lib.cli import compress, corpus, finetune, sample, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="course-lib", description="Build a GPT from scratch: the course's command line."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (corpus, train, sample, finetune):  # in lesson order
+    for commands in (corpus, train, sample, finetune, compress):  # in lesson order
         commands.register(sub)
     return parser
 

@@ -1,0 +1,188 @@
+"""Knowledge distillation: a small student GPT trained to predict what a large teacher predicts.
+
+Lesson 08 (compression) derives this, after Hinton, Vinyals & Dean (2015), "Distilling the
+Knowledge in a Neural Network".
+
+The next-token loss trains on one-hot targets: the token that came next, nothing else. A
+trained teacher knows more than that: its distribution over the whole vocabulary says which
+wrong tokens were almost right (after "thou" a verb is likelier than a noun). Its probabilities
+are the student's *soft targets*, and matching them teaches in every position what one token
+cannot.
+
+Most of that knowledge sits in small probabilities, which give almost no gradient. A
+*temperature* T softens both distributions first, raising the small ones:
+
+    p_T = softmax(teacher_logits / T)      (..., V)  the soft targets
+    q_T = softmax(student_logits / T)      (..., V)  the student, softened the same way
+    distill_loss = T² · mean over positions of KL(p_T || q_T),  KL = Σ_v p_T (log p_T - log q_T)
+
+T = 1 is the teacher's own distribution; T = 2 to 4 is usual. Why the T² factor: the gradient
+of KL(p_T || q_T) with respect to a student logit z_i is (q_i - p_i) / T, and once T is large
+against the logits, q_i - p_i ≈ (z_i - v_i) / (V T) for centred logits z (student) and v
+(teacher): the gradient shrinks as 1 / T². Multiplying by T² keeps its size as T changes, so
+that the training loss,
+
+    loss = alpha · distill_loss + (1 - alpha) · next-token cross-entropy,
+
+mixes the two in the proportion alpha says whatever T is. At high T, T² · KL tends to
+Σ_v (z_v - v_v)² / 2V over the centred logits: matching the teacher's logits themselves.
+
+    >>> import torch
+    >>> from course_lib.compress.distill import distill_loss
+    >>> teacher = torch.tensor([[4.0, 2.0, 1.0, -1.0]])            # (positions, V) logits
+    >>> for T in (1.0, 4.0):                                        # softer targets at high T
+    ...     print(T, [round(p, 2) for p in torch.softmax(teacher / T, -1)[0].tolist()])
+    1.0 [0.84, 0.11, 0.04, 0.01]
+    4.0 [0.42, 0.26, 0.2, 0.12]
+    >>> distill_loss(teacher, teacher)                              # the same beliefs: 0 nats
+    tensor(0.)
+    >>> student = torch.zeros(1, 4)                                 # uniform: no opinion yet
+    >>> [round(distill_loss(student, teacher, T).item(), 2) for T in (1.0, 2.0, 4.0, 100.0)]
+    [0.83, 1.32, 1.54, 1.62]
+    >>> d = (student - teacher) - (student - teacher).mean()        # the high-T limit
+    >>> round((d**2).sum().item() / (2 * 4), 2)
+    1.62
+
+``distill`` trains a student with ``train`` and a ``DistillationLoss``; the student must share
+the teacher's tokenizer (the soft targets are over the teacher's vocabulary):
+
+    >>> result = distill(student, teacher, data, TrainConfig(max_steps=500))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from course_lib.config import TrainConfig
+from course_lib.model import GPT
+from course_lib.tokenizer import BPETokenizer
+from course_lib.train import Batch, BatchSource, TrainResult, train
+
+__all__ = ["DistillationLoss", "distill", "distill_loss"]
+
+
+def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 2.0) -> Tensor:
+    """T² · KL(p_T || q_T) in nats, averaged over positions: a scalar.
+
+    student_logits, teacher_logits: (..., V), e.g. (B, T, V); p_T = softmax(teacher / T) are
+    the soft targets, q_T = softmax(student / T) the student's predictions at the same T.
+    Forward KL, teacher first: it is 0 when the two agree and large where the teacher expects
+    a token the student does not. Computed in float32 at least (float64 stays float64).
+    """
+    _check_temperature(T)
+    if student_logits.dim() == 0 or teacher_logits.dim() == 0:
+        raise ValueError("logits must be (..., V), one score per vocabulary entry; got a scalar")
+    V_s, V_t = student_logits.size(-1), teacher_logits.size(-1)
+    if V_s != V_t:
+        raise _vocab_error(V_s, V_t)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} differ in shape: give both (..., V) for the same "
+            f"batch of positions (run the teacher on the student's x)"
+        )
+    dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
+    dtype = torch.promote_types(dtype, torch.float32)  # bfloat16 logits (autocast): float32
+    log_p = torch.log_softmax(teacher_logits.to(dtype) / T, dim=-1)  # (..., V) soft targets
+    log_q = torch.log_softmax(student_logits.to(dtype) / T, dim=-1)  # (..., V)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (...,) one KL per position
+    return T**2 * kl.mean()
+
+
+class DistillationLoss:
+    """A ``loss_fn`` for ``train``: alpha · distill_loss + (1 - alpha) · next-token loss.
+
+    ``loss_fn(net, (x, y))``: the student ``net(x, y)`` gives its logits (B, T, V) and its hard
+    next-token loss; the teacher's logits (B, T, V) come from ``teacher(x)`` without gradients.
+    The teacher is frozen (``requires_grad`` False on every parameter) and runs in eval mode (no
+    dropout, nothing drawn from the random generators, so exact resume holds); it moves to x's
+    device on first use. alpha = 1 trains on the soft targets alone, alpha = 0 is plain
+    pretraining.
+    """
+
+    def __init__(self, teacher: GPT, T: float = 2.0, alpha: float = 0.5) -> None:
+        _check_temperature(T)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(
+                f"alpha={alpha!r}, expected a weight in [0, 1]: the share of the distillation "
+                f"loss (1 - alpha goes to the next-token loss), e.g. 0.5"
+            )
+        self.teacher, self.T, self.alpha = teacher, float(T), float(alpha)
+        # The name a checkpoint records for the run's loss (train_state.describe_run): with T
+        # and alpha in it, a cached run distilled at another temperature is not taken for this.
+        self.__qualname__ = f"DistillationLoss(T={self.T:g}, alpha={self.alpha:g})"
+        teacher.requires_grad_(False)
+        teacher.eval()
+
+    def __call__(self, net: nn.Module, batch: Batch) -> Tensor:
+        if len(batch) != 2:
+            raise ValueError(
+                f"DistillationLoss takes batches (x, y) of token ids (B, T), got a batch of "
+                f"{len(batch)} tensors: train on token streams or a source of (x, y) batches"
+            )
+        x, y = batch
+        out = net(x, y)  # the student: logits (B, T, V_s), hard loss
+        V_s, V_t = out.logits.size(-1), self.teacher.config.vocab_size
+        if V_s != V_t:  # before the teacher reads ids it may not have
+            raise _vocab_error(V_s, V_t)
+        if next(self.teacher.parameters()).device != x.device:
+            self.teacher.to(x.device)
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x).logits  # (B, T, V)
+        soft = distill_loss(out.logits, teacher_logits, self.T)
+        return self.alpha * soft + (1 - self.alpha) * out.loss
+
+    def __repr__(self) -> str:
+        return f"DistillationLoss(T={self.T}, alpha={self.alpha})"
+
+
+def distill(
+    student: GPT,
+    teacher: GPT,
+    data: dict[str, Tensor | BatchSource],
+    config: TrainConfig,
+    T: float = 2.0,
+    alpha: float = 0.5,
+    tokenizer: BPETokenizer | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``student`` in place to match ``teacher`` (``DistillationLoss(teacher, T, alpha)``)
+    on ``data``, with ``train``'s loop, checkpoints and exact resume.
+
+    The two must share a vocabulary (and tokenizer), and the teacher must see the whole
+    training window. The teacher is frozen and put in eval mode; its losses are not logged:
+    ``train_loss`` and ``val_loss`` are the distillation loss the student trains on.
+    """
+    if student is teacher:
+        raise ValueError("student and teacher are the same model: build a new, smaller student")
+    V_s, V_t = student.config.vocab_size, teacher.config.vocab_size
+    if V_s != V_t:
+        raise _vocab_error(V_s, V_t)
+    block_size = config.block_size or student.config.block_size
+    if block_size > teacher.config.block_size:
+        raise ValueError(
+            f"training windows of {block_size} tokens are longer than the teacher's context "
+            f"(block_size={teacher.config.block_size}): train with "
+            f"TrainConfig(block_size={teacher.config.block_size}) or less"
+        )
+    loss_fn = DistillationLoss(teacher, T, alpha)
+    return train(student, data, config, tokenizer, resume, loss_fn=loss_fn)
+
+
+def _check_temperature(T: float) -> None:
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not (math.isfinite(T) and T > 0):
+        raise ValueError(
+            f"T={T!r}, expected a positive finite temperature: 1 keeps the teacher's "
+            f"distribution, larger softens it (2 to 4 is usual)"
+        )
+
+
+def _vocab_error(V_s: int, V_t: int) -> ValueError:
+    return ValueError(
+        f"the student's vocabulary ({V_s}) differs from the teacher's ({V_t}): the soft targets "
+        f"would not line up; build the student with the teacher's vocab_size and tokenizer"
+    )
