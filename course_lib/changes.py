@@ -76,6 +76,19 @@ def change(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def keeps_shapes(fn: F) -> F:
+    """Mark a change that leaves every weight's name, shape and dtype as they were (it only
+    changes values, or how training treats them): the model still is GPT-2's architecture,
+    and ``to_hf`` converts it."""
+    fn.keeps_shapes = True  # type: ignore[attr-defined]
+    return fn
+
+
+def changes_shapes(record: dict) -> bool:
+    """Whether the recorded change alters the weights' names, shapes or dtypes."""
+    return not getattr(_find(record), "keeps_shapes", False)
+
+
 def replay(model: nn.Module, changes: list[dict]) -> nn.Module:
     """Apply the recorded ``changes`` (from ``model.changes`` or a config.json) to ``model``."""
     for record in changes:

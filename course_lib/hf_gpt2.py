@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from course_lib.changes import changes_shapes
 from course_lib.model import GPT, GPTConfig
 
 if TYPE_CHECKING:  # transformers is imported only when converting: it takes seconds to load.
@@ -86,13 +87,15 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
-    if model.changes:
-        done = ", ".join(ch["change"].rpartition(".")[2] for ch in model.changes)
+    if changed := [ch for ch in model.changes if changes_shapes(ch)]:
+        done = ", ".join(ch["change"].rpartition(".")[2] for ch in changed)
         raise ValueError(
             f"to_hf converts GPT-2's architecture, and this model was changed since it was "
             f"built ({done}): GPT2LMHeadModel has no place for that. Undo the change first "
-            f"(merge a LoRA adapter into the weights, dequantize quantized layers), or save "
-            f"it with save_checkpoint, which records the changes"
+            f"(merge a LoRA adapter into the weights, dequantize quantized layers); pruned "
+            f"heads and neurons cannot be undone (GPT-2 has the same width in every layer): "
+            f"sample and evaluate such a model with course_lib, and save it with "
+            f"save_checkpoint, which records the changes"
         )
     if c.positions != "learned" or not c.bias:
         raise ValueError(

@@ -499,3 +499,13 @@ def test_docstring_examples_run():
     import doctest
 
     assert doctest.testmod(prune).failed == 0
+
+
+def test_to_hf_converts_a_magnitude_pruned_model_and_refuses_removed_heads_naming_why():
+    pruned = prune_magnitude(model(), 0.5).eval()
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # zeros are plain weights: GPT-2's architecture still
+        assert torch.allclose(pruned.to_hf()(idx).logits, pruned(idx).logits, atol=1e-5)
+    for removed in (prune_heads(model(), {0: [1]}), prune_neurons(model(), {1: [0, 5]})):
+        with pytest.raises(ValueError, match="pruned heads and neurons cannot be undone"):
+            removed.to_hf()

@@ -117,7 +117,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     base = load_checkpoint(base_path)
     tok = _require_tokenizer(base, base_path)
     model = base.model
-    before = (model.num_params(), model.num_bytes())
+    before = (compress.count_weights(model), model.num_bytes())
     needs_text = method in ("prune-heads", "prune-neurons", "distill") or args.recover_steps
     tokens = _tokens(args.text, tok) if needs_text else None
 
@@ -154,9 +154,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     else:
         save_checkpoint(out, model, tok)
 
-    params, size = model.num_params(), model.num_bytes()
+    params, size = compress.count_weights(model), model.num_bytes()
     print(
-        f"{method}: {before[0]:,} -> {params:,} parameters, {before[1]:,} -> {size:,} bytes "
+        f"{method}: {before[0]:,} -> {params:,} weights, {before[1]:,} -> {size:,} bytes "
         f"of weights ({size / before[1]:.3f}x)"
     )
     if method == "prune-magnitude":

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from course_lib.changes import change
+from course_lib.changes import change, keeps_shapes
 from course_lib.compress.quantize import PROJECTIONS
 from course_lib.model import GPT
 
@@ -132,6 +132,7 @@ def _keep_zeros(weight: nn.Parameter) -> None:
     weight.keeps_zeros = True  # type: ignore[attr-defined]
 
 
+@keeps_shapes  # zeros are weights like any other: to_hf converts a pruned model
 @change
 def prune_magnitude(model: GPT, amount: float, scope: str = "layer") -> GPT:
     """Set the weights that ``magnitude_masks(model, amount, scope)`` drops to 0, and keep them
