@@ -23,6 +23,7 @@ import transformers
 
 from course_lib.config import TrainConfig
 from course_lib.env import get_device
+from course_lib.metrics import matmul_peak
 from course_lib.model import GPT, GPTConfig
 from course_lib.optim import configure_optimizer
 
@@ -32,21 +33,6 @@ AIM = 1.2  # ours / Hugging Face, tokens per second
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, reps: int = 5) -> float:
-    """The best float32 FLOP/s of a square matmul (n = 1024, 2048) on this device."""
-    best = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        a @ b  # warm-up
-        for _ in range(reps):
-            sync(device)
-            t0 = time.perf_counter()
-            a @ b
-            sync(device)
-            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def make_step(model, optimizer, hf: bool):

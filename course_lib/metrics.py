@@ -12,6 +12,7 @@ report every model in them.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import Tensor, nn
@@ -62,3 +63,26 @@ def bits_per_char(loss_nats_per_token: float, n_tokens: int, n_chars: int) -> fl
 def perplexity(loss_nats_per_token: float) -> float:
     """exp(loss): the model is as unsure as a uniform choice among this many tokens."""
     return math.exp(loss_nats_per_token)
+
+
+def matmul_peak(device: torch.device | str = "cpu", reps: int = 5) -> float:
+    """The machine's float32 peak in FLOP/s, measured: the best rate of a square matrix multiply
+    (n = 1024 and 2048, 2n³ FLOPs each) over ``reps`` tries. MFU (model FLOPs utilisation) is a
+    model's FLOPs per second over this (Lesson 05, ``benchmarks/bench_train.py``)."""
+    device = torch.device(device)
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a @ b  # warm-up
+        for _ in range(reps):
+            _sync(device)
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

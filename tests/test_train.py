@@ -525,3 +525,11 @@ def test_course_preset_is_the_sweep_winner():
     # The sweep's schedule (benchmarks/sweep_course_model.py): warm-up 5%, down to lr / 10.
     assert schedule.warmup_steps == schedule.max_steps // 20
     assert schedule.min_lr == schedule.lr / 10
+
+
+def test_matmul_peak_is_the_best_rate_of_a_timed_matrix_multiply(monkeypatch):
+    """2 n³ FLOPs over the fastest of the timed multiplies, whatever the clock says."""
+    ticks = iter(range(1000))  # a clock that advances one second per reading
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: float(next(ticks)))
+    assert metrics.matmul_peak("cpu", reps=2) == 2 * 2048**3  # one second per multiply
+    assert 1e8 < metrics.matmul_peak("cpu", reps=1) < float("inf")

@@ -60,6 +60,8 @@ def _toy_splits() -> Splits:
 
 @checker(
     "validation_fraction",
+    "The fraction is the validation plays' characters over the characters of all the plays, "
+    "training and validation together.",
     "Add up len(work.text) over splits.val.values() and splits.train.values().",
 )
 def check_validation_fraction(fn, splits: Splits | None = None) -> str | None:
@@ -82,4 +84,48 @@ def check_validation_fraction(fn, splits: Splits | None = None) -> str | None:
         got = call(fn, splits)
         if abs(got - want) > 1e-9:
             return f"on the real corpus expected {want:.4f}, got {got:.4f}"
+    return None
+
+
+# The character-frequency model's bits per character on the held-out plays (Section 4).
+UNIGRAM_BPC = 4.825
+
+
+def _bigram_bpc(train: str, val: str) -> float:
+    import math
+
+    alphabet = len(set(train) | set(val))
+    pairs, firsts = Counter(zip(train, train[1:])), Counter(train[:-1])
+    total = sum(math.log2((pairs[a, b] + 1) / (firsts[a] + alphabet)) for a, b in zip(val, val[1:]))
+    return -total / (len(val) - 1)
+
+
+@checker(
+    "bigram",
+    "Count, in the training text, how often each character follows each other one; score every "
+    "held-out character by its probability given the one before it.",
+    "pairs = Counter(zip(train, train[1:])), firsts = Counter(train[:-1]); P(b | a) = "
+    "(pairs[a, b] + 1) / (firsts[a] + V); average -log2 P over zip(val, val[1:]).",
+)
+def check_bigram(fn, splits: Splits | None = None) -> str | None:
+    """Check the experiment ``fn(train_text, val_text) -> float``: the bits per character of a
+    bigram model (each character given the one before, add-one smoothing over the V characters
+    of both texts) on val_text. Passes when it matches, and prints how much one character of
+    context saves over the character frequencies alone."""
+    from course_lib.data import load_splits
+
+    toy = ("abababab aab", "abba ab")
+    if not isinstance(got := call(fn, *toy), float | int):
+        return f"return a number, the bits per character, got {type(got).__name__}"
+    if abs(got - (want := _bigram_bpc(*toy))) > 1e-6:
+        return f"on train {toy[0]!r}, val {toy[1]!r}: expected {want:.4f} bits/char, got {got:.4f}"
+    splits = splits or load_splits()
+    train, val = splits.text("train"), splits.text("val")
+    got, want = call(fn, train, val), _bigram_bpc(train, val)
+    if abs(got - want) > 1e-3:
+        return f"on the plays: expected {want:.3f} bits/char, got {got:.3f}"
+    print(
+        f"bigram: {got:.3f} bits/char on the held-out plays, against {UNIGRAM_BPC} for the "
+        f"character frequencies: one character of context saves {UNIGRAM_BPC - got:.2f} bits"
+    )
     return None

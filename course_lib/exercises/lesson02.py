@@ -42,8 +42,13 @@ def _mistakes(n: int, dim: int) -> dict[str, torch.Tensor]:
     }  # fmt: skip
 
 
-@checker("sinusoidal_encoding", "Build angle = pos / 10000 ** (2i / dim) with torch.arange, then "
-         "fill pe[:, 0::2] with sin(angle) and pe[:, 1::2] with cos(angle).")  # fmt: skip
+@checker(
+    "sinusoidal_encoding",
+    "Each pair of dimensions turns at its own speed: compute the angle of every position for "
+    "every pair at once; sines go in the even dimensions, cosines in the odd ones.",
+    "Build angle = pos / 10000 ** (2i / dim) with torch.arange, then fill pe[:, 0::2] with "
+    "sin(angle) and pe[:, 1::2] with cos(angle).",
+)
 def check_sinusoidal_encoding(fn) -> str | None:
     """Check ``fn(n_positions, dim) -> Tensor (n_positions, dim)``: the sinusoidal table."""
     for n, dim in [(50, 16), (7, 4), (128, 64)]:
@@ -67,4 +72,38 @@ def check_sinusoidal_encoding(fn) -> str | None:
         pos, d = divmod(int(bad), dim)
         want = float(sinusoidal_encoding(n, dim)[pos, d])
         return f"for dim={dim}, pe[{pos}, {d}] should be {want:.4f}, got {float(got[pos, d]):.4f}"
+    return None
+
+
+@checker(
+    "dot_by_offset",
+    "Take the table's rows t and t + k for every t that has a partner, and the dot product of "
+    "each pair: one number per t.",
+    "(pe[:-k] * pe[k:]).sum(-1) for k > 0; (pe * pe).sum(-1) for k = 0.",
+)
+def check_dot_by_offset(fn) -> str | None:
+    """Check the experiment ``fn(pe, k) -> (n_positions - k,)``: the dot products pe[t] · pe[t+k]
+    of a position table pe (n_positions, dim), for every t. Passes when they are right, and
+    shows what they reveal: for sinusoids they depend on the offset k alone."""
+    pe = sinusoidal_encoding(64, 16)
+    rows = []
+    for k in range(6):
+        want = (pe[: len(pe) - k] * pe[k:]).sum(-1)
+        got = call(fn, pe.clone(), k)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"for k = {k} return ({len(pe) - k},), one dot product per t, got {shape}"
+        if not torch.allclose(got, want, atol=1e-4):
+            return f"for k = {k}: the dot products differ from pe[t] · pe[t + k] by up to " \
+                   f"{(got - want).abs().max():.3g}"  # fmt: skip
+        rows.append(got)
+    spread = max(r.std().item() for r in rows[1:])
+    means = [r.mean().item() for r in rows]
+    print(
+        "pe[t] · pe[t+k] for k = 0..5: "
+        + ", ".join(f"{m:.2f}" for m in means)
+        + f"; the same for every t (spread {spread:.1e})"
+    )
+    if spread > 1e-4 or means[:4] != sorted(means[:4], reverse=True):  # the lesson's claim
+        return "the sinusoids lost their property: is pe the table of sinusoidal_encoding?"
     return None

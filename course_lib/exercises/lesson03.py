@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from course_lib.attention import causal_mask, merge_heads, scaled_dot_product_attention, split_heads
+from course_lib.attention import causal_mask, scaled_dot_product_attention
 from course_lib.exercises import call, checker
 
 
@@ -36,7 +36,13 @@ _HINT = (
 )
 
 
-@checker("masked_attention", _HINT)
+@checker(
+    "masked_attention",
+    "Score every query against every key, scale the scores, hide the future (a token sees only "
+    "itself and its past), turn the scores into weights that add up to 1, and average the "
+    "values with them.",
+    _HINT,
+)
 def check_masked_attention(fn) -> str | None:
     """Check ``fn(q, k, v) -> (B, T, d)``: causal scaled dot-product attention's output."""
     q, k, v = _qkv()
@@ -75,42 +81,75 @@ def check_masked_attention(fn) -> str | None:
     return f"output differs from the reference by up to {(got - want).abs().max():.3g}"
 
 
-@checker("split_heads", "x.view(B, T, n_head, C // n_head), then .transpose(1, 2).")
-def check_split_heads(fn) -> str | None:
-    """Check ``fn(x, n_head) -> (B, n_head, T, C // n_head)``."""
-    x = torch.arange(2 * 5 * 12, dtype=torch.float32).view(2, 5, 12)
-    got = call(fn, x, 3)
-    want = split_heads(x, 3)
-    if _close(got, want):
-        return None
-    if not isinstance(got, torch.Tensor):
-        return f"return a tensor, got {type(got).__name__}"
-    if got.shape == (2, 5, 3, 4):
-        return "shape (B, T, n_head, hs): transpose(1, 2) so that each head sees the whole sequence"
-    if got.shape == want.shape and torch.equal(got, x.view(2, 3, 5, 4)):
-        return ("right shape, wrong values: x.view(B, n_head, T, hs) mixes tokens into heads; "
-                "view as (B, T, n_head, hs) first, then transpose(1, 2)")  # fmt: skip
-    if got.shape != want.shape:
-        return (
-            f"for x (2, 5, 12), n_head=3 the shape should be (2, 3, 5, 4), got {tuple(got.shape)}"
-        )
-    return "right shape, wrong values: head h should hold channels h*hs .. (h+1)*hs of every token"
+@checker(
+    "window_mask",
+    "Start from the causal mask (no future), then also hide, in each row, the keys more than "
+    "w - 1 positions back: the token itself and the w - 1 before it stay.",
+    "i = torch.arange(T)[:, None] and j = torch.arange(T)[None, :] broadcast to (T, T); the "
+    "mask is (j <= i) & (i - j < w).",
+)
+def check_window_mask(fn) -> str | None:
+    """Check ``fn(T, w) -> (T, T) bool``: sliding-window causal attention's mask, True where
+    query i may see key j: j <= i and i - j < w."""
+    for T, w in ((6, 3), (6, 1), (5, 10)):
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        want = (j <= i) & (i - j < w)
+        got = call(fn, T, w)
+        where = f"(T = {T}, w = {w})"
+        if not isinstance(got, torch.Tensor) or got.shape != (T, T):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"return a (T, T) mask, one row per query, got {shape} {where}"
+        if got.dtype != torch.bool:
+            return f"return a bool mask (True: may attend), got {got.dtype} {where}"
+        if torch.equal(got, want):
+            continue
+        mistakes = {
+            "off by one: the window holds w keys, the token itself and the w - 1 before it":
+                (j <= i) & (i - j <= w),
+            "the future is visible: a key j > i must stay hidden too": (i - j).abs() < w,
+            "the token cannot see itself: the window includes the diagonal":
+                (j < i) & (i - j <= w),
+            "that is the plain causal mask: also hide the keys w or more positions back":
+                j <= i,
+        }  # fmt: skip
+        for message, wrong in mistakes.items():
+            if torch.equal(got, wrong):
+                return f"{message} {where}"
+        return f"the mask differs from the window in {(got != want).sum()} places {where}"
+    return None
 
 
-@checker("merge_heads", "y.transpose(1, 2) back to (B, T, n_head, hs), then .reshape(B, T, C).")
-def check_merge_heads(fn) -> str | None:
-    """Check ``fn(y) -> (B, T, C)``: the inverse of split_heads."""
-    x = torch.arange(2 * 5 * 12, dtype=torch.float32).view(2, 5, 12)
-    heads = split_heads(x, 3)
-    got = call(fn, heads)
-    if _close(got, x):
-        return None
-    if not isinstance(got, torch.Tensor):
-        return f"return a tensor, got {type(got).__name__}"
-    if got.shape == x.shape and torch.equal(got, heads.reshape(2, 5, 12)):
-        return ("right shape, wrong values: reshape without transposing back mixes tokens; "
-                "transpose(1, 2) first")  # fmt: skip
-    if got.shape != x.shape:
-        return f"for heads (2, 3, 5, 4) the shape should be (2, 5, 12), got {tuple(got.shape)}"
-    assert torch.equal(merge_heads(heads), x)  # the reference itself round-trips
-    return "right shape, wrong values: merge_heads(split_heads(x)) must give x back"
+@checker(
+    "attention_weights",
+    "Scores are q against every k; with scaled=True divide them by sqrt(d_k) first; the "
+    "softmax over the keys turns each query's scores into weights.",
+    "w = q @ k.T; if scaled: w = w / math.sqrt(q.size(-1)); return w.softmax(dim=-1).",
+)
+def check_attention_weights(fn) -> str | None:
+    """Check the experiment ``fn(q, k, scaled) -> (T, T)``: attention weights (no mask) of
+    q, k (T, d_k), with or without the 1/sqrt(d_k) scale. Passes when they are right, then
+    measures why the scale matters: how spread out the weights are at d_k = 256, in bits of
+    entropy, scaled against unscaled."""
+    g = torch.Generator().manual_seed(3)
+    for d_k in (4, 256):
+        q, k = torch.randn(16, d_k, generator=g), torch.randn(16, d_k, generator=g)
+        for scaled in (True, False):
+            want = (q @ k.T / (math.sqrt(d_k) if scaled else 1)).softmax(-1)
+            got = call(fn, q.clone(), k.clone(), scaled)
+            if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                return f"return the (T, T) = {tuple(want.shape)} weights"
+            if not torch.allclose(got, want, atol=1e-5):
+                return f"the weights differ (d_k = {d_k}, scaled={scaled})"
+    q, k = torch.randn(16, 256, generator=g), torch.randn(16, 256, generator=g)
+    bits = {}
+    for scaled in (True, False):
+        w = call(fn, q, k, scaled)
+        bits[scaled] = -(w * w.clamp_min(1e-30).log2()).sum(-1).mean().item()
+    print(
+        f"d_k = 256, 16 keys: each query's weights hold {bits[True]:.2f} bits of spread scaled, "
+        f"{bits[False]:.2f} unscaled (4 bits: all keys alike; 0: one key only). Unscaled, "
+        f"each query copies one key, and a softmax that sure passes almost no gradient back"
+    )
+    if not (bits[False] < 1 < 2 < bits[True]):  # the lesson's claim, measured
+        return "the scaled and unscaled weights spread alike: is the scale 1/sqrt(d_k)?"
+    return None

@@ -63,8 +63,12 @@ def check_param_count(fn) -> str | None:
     return None
 
 
-@checker("block_forward", "Pre-norm: x = x + block.attn(block.ln_1(x))[0], then "
-         "x = x + block.mlp(block.ln_2(x)).")  # fmt: skip
+@checker(
+    "block_forward",
+    "Two residual steps, attention then the MLP, each adding its output to x; each reads a "
+    "LayerNorm-ed copy of x (pre-norm, as in GPT-2).",
+    "Pre-norm: x = x + block.attn(block.ln_1(x))[0], then x = x + block.mlp(block.ln_2(x)).",
+)
 def check_block_forward(fn) -> str | None:
     """Check ``fn(block, x) -> (B, T, C)``: one decoder block's forward pass."""
     torch.manual_seed(0)
@@ -101,3 +105,81 @@ def check_block_forward(fn) -> str | None:
         if torch.allclose(got, wrong, atol=1e-5):
             return message
     return f"output differs from the block's by up to {(got - want).abs().max():.3g}"
+
+
+def _grad_ratio(forward) -> float | None:
+    """The experiment: a 12-block stack at initialisation (Xavier, as the original Transformer
+    was started), random inputs and targets, one backward pass; returns the gradient norm of the
+    last block's weight matrices over the first block's (None: no gradient reached the first
+    block). forward(block, x) runs one block."""
+    torch.manual_seed(0)
+    blocks = [Block(_CONFIGS[0]) for _ in range(12)]
+    for m in (m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)):
+        torch.nn.init.xavier_uniform_(m.weight)
+    head = torch.nn.Linear(32, 100)
+    x = torch.randn(4, 16, 32)
+    for block in blocks:
+        x = forward(block, x)
+        x = x[0] if isinstance(x, tuple) else x
+    logits = head(torch.nn.functional.layer_norm(x, (32,)))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.randint(0, 100, (64,))).backward()
+    norms = []
+    for b in blocks:
+        grads = [p.grad.flatten() for p in b.parameters() if p.dim() == 2 and p.grad is not None]
+        norms.append(torch.cat(grads).norm().item() if grads else 0.0)
+    return norms[-1] / norms[0] if norms[0] else None
+
+
+@checker(
+    "post_norm_forward",
+    "Post-norm, as in the original Transformer and GPT-1: each step adds its sublayer's output "
+    "to its input first and then normalises the sum; the MLP step reads the attention step's "
+    "normalised result.",
+    "h = block.ln_1(x + block.attn(x)[0]), then return block.ln_2(h + block.mlp(h)).",
+)
+def check_post_norm(fn) -> str | None:
+    """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run post-norm; then the
+    experiment: in a 12-block post-norm stack the last block's weights get, relative to the
+    first block's, clearly more gradient than in a pre-norm stack."""
+    torch.manual_seed(0)
+    block = Block(_CONFIGS[0]).eval()
+    for p in block.parameters():  # random LayerNorm weights too, so every mistake shows
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        a = lambda h: block.attn(h)[0]  # noqa: E731
+        h = block.ln_1(x + a(x))
+        want = block.ln_2(h + block.mlp(h))
+        got = call(fn, block, x.clone())
+        got = got[0] if isinstance(got, tuple) else got
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"return the block's output (B, T, C) = {tuple(want.shape)}, got {shape}"
+        if not torch.allclose(got, want, atol=1e-5):
+            pre = x + a(block.ln_1(x))
+            sub = x + block.ln_1(a(x))
+            no_res = block.ln_1(a(x))
+            mistakes = {
+                "that is pre-norm, GPT-2's block (x + attn(ln_1(x))): post-norm adds first and "
+                "normalises the sum, ln_1(x + attn(x))": pre + block.mlp(block.ln_2(pre)),
+                "the LayerNorm goes around the sum, ln_1(x + attn(x)), not around the sublayer "
+                "alone, x + ln_1(attn(x))": sub + block.ln_2(block.mlp(sub)),
+                "the residual connections are missing: add each sublayer's output to its input "
+                "before normalising": block.ln_2(block.mlp(no_res)),
+                "the MLP step has no residual: ln_2(h + mlp(h))": block.ln_2(block.mlp(h)),
+                "the attention step has no residual: ln_1(x + attn(x))":
+                    block.ln_2(no_res + block.mlp(no_res)),
+                "the MLP step must read h, the attention step's output, not the block's input x":
+                    block.ln_2(h + block.mlp(x)),
+            }  # fmt: skip
+            for message, wrong in mistakes.items():
+                if torch.allclose(got, wrong, atol=1e-5):
+                    return message
+            return f"output differs from post-norm's by up to {(got - want).abs().max():.3g}"
+    post, pre = _grad_ratio(fn), _grad_ratio(lambda block, x: block(x))
+    if post is None:
+        return "no gradient reached the first block's weights: compute with autograd on"
+    print(f"last block / first block gradient norm: post-norm {post:.2f}, pre-norm {pre:.2f}")
+    if post < 1.5 * pre:
+        return f"post-norm's ratio {post:.2f} should clearly exceed pre-norm's {pre:.2f}"
+    return None

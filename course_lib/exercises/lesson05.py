@@ -213,7 +213,12 @@ _LOSS_HINT = (
 )
 
 
-@checker("batch_loss", _LOSS_HINT)
+@checker(
+    "batch_loss",
+    "At each position, the loss is minus the log of the probability the model gave the true "
+    "next token; average it over every position of the batch.",
+    _LOSS_HINT,
+)
 def check_batch_loss(fn) -> str | None:
     """Check ``fn(logits (B, T, V), targets (B, T)) -> scalar``: the mean cross-entropy in nats."""
     for seed, (B, T, V) in enumerate([(2, 3, 5), (4, 7, 11)]):

@@ -147,7 +147,12 @@ def _top_k_problem(kept: Tensor, logits: Tensor, k: int) -> str:
     )
 
 
-@checker("top_k", _TOP_K_HINT)
+@checker(
+    "top_k",
+    "In each row, find the k-th largest logit: everything below it becomes -inf. What if k is "
+    "larger than the vocabulary?",
+    _TOP_K_HINT,
+)
 def check_top_k(fn) -> str | None:
     """Check ``fn(logits (B, V), k) -> (B, V)``: all but the k largest of each row set to -inf."""
     for seed, (B, V, middle) in enumerate([(4, 10, 3), (3, 17, 6)]):
@@ -295,7 +300,12 @@ def _top_p_cases() -> list[tuple[str, Tensor, float, bool]]:
     return cases
 
 
-@checker("top_p", _TOP_P_HINT)
+@checker(
+    "top_p",
+    "Rank each row's tokens from the likeliest down and keep them until they hold p; the rest "
+    "become -inf. Work in the sorted order, then put the result back in vocabulary order.",
+    _TOP_P_HINT,
+)
 def check_top_p(fn) -> str | None:
     """Check ``fn(logits (B, V), p) -> (B, V)``: all but the nucleus of each row set to -inf."""
     for where, logits, p, name in _top_p_cases():
@@ -307,4 +317,97 @@ def check_top_p(fn) -> str | None:
             problems.append(_top_p_problem(kept, logits, p, name))
         if problems:
             return _finish(problems, where)
+    return None
+
+
+def _cached_step(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, scale=True):
+    K = torch.cat([k_cache, k[:, None]], dim=1)  # (B, T + 1, d)
+    V = torch.cat([v_cache, v[:, None]], dim=1)
+    scores = (K @ q[:, :, None]).squeeze(-1)  # (B, T + 1)
+    if scale:
+        scores = scores / q.size(-1) ** 0.5
+    return (scores.softmax(-1)[:, None] @ V).squeeze(1), K, V
+
+
+@checker(
+    "cached_attention_step",
+    "The new token's query attends to every key so far, its own included: extend the cache "
+    "first, then score, scale, softmax and average the values, as in Lesson 03.",
+    "K = torch.cat([k_cache, k[:, None]], dim=1) (and V the same); weights = softmax(K @ q / "
+    "sqrt(d)) over the T + 1 keys; out = weights @ V; return out, K, V.",
+)
+def check_cached_attention_step(fn) -> str | None:
+    """Check ``fn(q, k, v, k_cache, v_cache) -> (out, k_cache, v_cache)``: one head, one new
+    token. q, k, v (B, d) are the new token's; the caches (B, T, d) hold the tokens before it;
+    out (B, d) is its attention output, and the caches come back with its k and v appended,
+    (B, T + 1, d). The output must equal the last row of full causal attention."""
+    from course_lib.attention import causal_mask, scaled_dot_product_attention
+
+    g = torch.Generator().manual_seed(6)
+    B, T, d = 2, 5, 8
+    K_all, V_all, Q_all = (torch.randn(B, T + 1, d, generator=g) for _ in range(3))
+    full, _ = scaled_dot_product_attention(Q_all, K_all, V_all, causal_mask(T + 1))
+    q, k, v = Q_all[:, -1], K_all[:, -1], V_all[:, -1]
+    k_cache, v_cache = K_all[:, :-1].clone(), V_all[:, :-1].clone()
+    got = call(fn, q, k, v, k_cache, v_cache)
+    if not isinstance(got, tuple) or len(got) != 3:
+        return f"return (out, k_cache, v_cache), got {type(got).__name__}"
+    out, K, V = got
+    if not isinstance(out, Tensor) or out.shape != (B, d):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        return f"out must be (B, d) = {(B, d)}, one vector per sequence, got {shape}"
+    if not isinstance(K, Tensor) or K.shape != (B, T + 1, d) or V.shape != (B, T + 1, d):
+        want = (B, T + 1, d)
+        return f"the caches must come back with the new k and v appended: (B, T + 1, d) = {want}"
+    if not (torch.equal(K, K_all) and torch.equal(V, V_all)):
+        return "the returned caches must be the old ones with k and v appended at the end (dim 1)"
+    if torch.allclose(out, full[:, -1], atol=1e-5):
+        return None
+    past_only = (k_cache @ q[:, :, None]).squeeze(-1) / d**0.5
+    mistakes = {
+        "the scores are not scaled: divide q·k by sqrt(d)":
+            _cached_step(q, k, v, k_cache, v_cache, scale=False)[0],
+        "the new token attended only to the past: append its own k and v before attending":
+            (past_only.softmax(-1)[:, None] @ v_cache).squeeze(1),
+    }  # fmt: skip
+    for message, wrong in mistakes.items():
+        if torch.allclose(out, wrong, atol=1e-5):
+            return message
+    gap = (out - full[:, -1]).abs().max()
+    return f"out differs from full causal attention's last row by up to {gap:.4f}"
+
+
+@checker(
+    "nucleus_sizes",
+    "At each position, count how many of the likeliest tokens it takes for their "
+    "probabilities to add up to p: that is top-p's nucleus there.",
+    "probs = logits.softmax(-1).sort(-1, descending=True).values; the size is the number of "
+    "tokens whose cumsum before them is < p: ((probs.cumsum(-1) - probs) < p).sum(-1).",
+)
+def check_nucleus_sizes(fn) -> str | None:
+    """Check the experiment ``fn(logits, p) -> (T,) ints``: the number of tokens top-p keeps
+    at each position of logits (T, V). Passes when they are right, then runs it on the course
+    model over a held-out passage to show how the nucleus narrows and widens."""
+    from course_lib.course_model import load_or_train
+    from course_lib.data import load_tokens
+
+    course = load_or_train(progress=False)
+    ids = load_tokens("val")[1000 : 1000 + course.config.block_size]
+    with torch.no_grad():
+        logits = course.model.eval()(ids[None]).logits[0]  # (T, V)
+    want = (~torch.isinf(top_p_filter(logits, 0.9))).sum(-1)
+    got = call(fn, logits.clone(), 0.9)
+    if not isinstance(got, Tensor) or got.shape != want.shape:
+        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+        return f"return one size per position, {tuple(want.shape)}, got {shape}"
+    if not torch.equal(got.long(), want):
+        off = (got.long() - want).abs().max()
+        return f"the sizes differ from top-p's nucleus by up to {off} tokens at p = 0.9"
+    low, mid, high = want.min().item(), want.median().item(), want.max().item()
+    print(
+        f"nucleus at p = 0.9 over {len(ids)} positions of a held-out play: {low} to {high} "
+        f"tokens (median {mid}): narrow where the model is sure, wide where it is not"
+    )
+    if high < 10 * low:  # the lesson's claim, measured
+        return "the nucleus hardly changes size: is p 0.9?"
     return None

@@ -105,7 +105,9 @@ def check_dequantize_int8(fn) -> str | None:
 @checker(
     "magnitude_mask",
     "Rank the weights by |w|; the round(amount * numel) smallest are pruned (False), the rest "
-    "kept (True). torch.topk(..., largest=False) finds them.",
+    "kept (True).",
+    "torch.topk(w.abs().flatten(), n, largest=False).indices are the n smallest; start from "
+    "a mask of True and set those to False, then view it as w's shape.",
 )
 def check_magnitude_mask(fn) -> str | None:
     """Check ``fn(w, amount) -> mask``: bool (out, in), True where a weight is kept; the

@@ -8,13 +8,22 @@ def pair_counts(ids: list[int]) -> dict[tuple[int, int], int]:
     return counts
 
 
-def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2  # both ids of the pair are used up
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
+def encode_word(ids, merges):
+    from course_lib.tokenizer import merge
+
+    ids = list(ids)
+    while len(ids) >= 2:
+        learned = [pair for pair in zip(ids, ids[1:]) if pair in merges]
+        if not learned:
+            break
+        pair = min(learned, key=merges.get)  # the earliest-learned merge first
+        ids = merge(ids, pair, merges[pair])
+    return ids
+
+
+def less_text(train_text):
+    from course_lib.tokenizer import BPETokenizer
+
+    tok = BPETokenizer()
+    tok.train(train_text[: len(train_text) // 10], vocab_size=2048)  # the first tenth only
+    return tok

@@ -11,3 +11,7 @@ def sinusoidal_encoding(n_positions: int, dim: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(angle)
     pe[:, 1::2] = torch.cos(angle)
     return pe
+
+
+def dot_by_offset(pe, k):
+    return (pe[: len(pe) - k] * pe[k:]).sum(dim=-1)  # row t times row t + k, for every t

@@ -13,11 +13,14 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return scores.softmax(dim=-1) @ v
 
 
-def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head).transpose(1, 2)
+def window_mask(T: int, w: int) -> torch.Tensor:
+    i = torch.arange(T)[:, None]  # (T, 1): the query's position
+    j = torch.arange(T)[None, :]  # (1, T): the key's position
+    return (j <= i) & (i - j < w)  # the past and the token itself, at most w of them
 
 
-def merge_heads(y: torch.Tensor) -> torch.Tensor:
-    B, n_head, T, hs = y.shape
-    return y.transpose(1, 2).reshape(B, T, n_head * hs)
+def attention_weights(q: torch.Tensor, k: torch.Tensor, scaled: bool) -> torch.Tensor:
+    scores = q @ k.T  # (T, T): every query against every key
+    if scaled:
+        scores = scores / math.sqrt(q.size(-1))
+    return scores.softmax(dim=-1)

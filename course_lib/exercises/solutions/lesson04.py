@@ -18,3 +18,8 @@ def block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
     x = x + block.attn(block.ln_1(x))[0]  # attn returns (output, weights or None)
     x = x + block.mlp(block.ln_2(x))
     return x
+
+
+def post_norm_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    h = block.ln_1(x + block.attn(x)[0])  # add first, then normalise the sum
+    return block.ln_2(h + block.mlp(h))

@@ -18,3 +18,17 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     drop_sorted = before >= p  # the top token has before = 0, so it always stays
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # vocabulary order
     return logits.masked_fill(drop, float("-inf"))
+
+
+def cached_attention_step(q, k, v, k_cache, v_cache):
+    k_cache = torch.cat([k_cache, k[:, None]], dim=1)  # (B, T + 1, d): the new key joins
+    v_cache = torch.cat([v_cache, v[:, None]], dim=1)
+    scores = (k_cache @ q[:, :, None]).squeeze(-1) / q.size(-1) ** 0.5  # (B, T + 1)
+    out = (scores.softmax(dim=-1)[:, None] @ v_cache).squeeze(1)  # (B, d)
+    return out, k_cache, v_cache
+
+
+def nucleus_sizes(logits, p):
+    probs = logits.softmax(dim=-1).sort(dim=-1, descending=True).values  # (T, V), likeliest first
+    before = probs.cumsum(dim=-1) - probs  # what the likelier tokens hold already
+    return (before < p).sum(dim=-1)  # a token is kept while the ones before it hold < p
