@@ -63,6 +63,16 @@ def check_param_count(fn) -> str | None:
     return None
 
 
+def _random_block() -> tuple[Block, torch.Tensor]:
+    """A block whose every weight (LayerNorms too) is random, so every mistake shows, and an
+    input x (2, 5, 32); seeded."""
+    torch.manual_seed(0)
+    block = Block(_CONFIGS[0]).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return block, torch.randn(2, 5, 32)
+
+
 @checker(
     "block_forward",
     "Two residual steps, attention then the MLP, each adding its output to x; each reads a "
@@ -71,11 +81,7 @@ def check_param_count(fn) -> str | None:
 )
 def check_block_forward(fn) -> str | None:
     """Check ``fn(block, x) -> (B, T, C)``: one decoder block's forward pass."""
-    torch.manual_seed(0)
-    block = Block(_CONFIGS[0]).eval()
-    for p in block.parameters():  # random LayerNorm weights too, so every mistake shows
-        torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(2, 5, 32)
+    block, x = _random_block()
     with torch.no_grad():
         want, _ = block(x)
         got = call(fn, block, x.clone())
@@ -141,11 +147,7 @@ def check_post_norm(fn) -> str | None:
     """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run post-norm; then the
     experiment: in a 12-block post-norm stack the last block's weights get, relative to the
     first block's, clearly more gradient than in a pre-norm stack."""
-    torch.manual_seed(0)
-    block = Block(_CONFIGS[0]).eval()
-    for p in block.parameters():  # random LayerNorm weights too, so every mistake shows
-        torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(2, 5, 32)
+    block, x = _random_block()
     with torch.no_grad():
         a = lambda h: block.attn(h)[0]  # noqa: E731
         h = block.ln_1(x + a(x))
