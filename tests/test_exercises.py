@@ -1159,3 +1159,37 @@ def test_less_text_rejects_a_tokenizer_trained_on_all_the_text():
 
     result = lesson01.check_less_text(lambda text: course_tokenizer())
     assert result.status == FAILED and "merges differ" in result.message, result.message
+
+
+# --- lesson 05: the dropout experiment -----------------------------------------------------------
+
+
+def _drop(x, p, g, keep_rate=None, scale=None):
+    keep = torch.rand(x.shape, generator=g) < (1 - p if keep_rate is None else keep_rate)
+    return x * keep * (1 / (1 - p) if scale is None else scale)
+
+
+def test_dropout_accepts_solution_and_says_not_attempted_to_the_stub():
+    assert ex05.check_dropout(sol05.dropout).status == PASSED
+    result = ex05.check_dropout(stub)
+    assert result.status == NOT_ATTEMPTED and "rescale" in result.message
+    assert "torch.rand" not in result.message
+
+
+def _in_place(x, p, g):
+    return x.mul_(torch.rand(x.shape, generator=g) >= p).div_(1 - p)
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda x, p, g: _drop(x, p, g, scale=1.0), "not rescaled"),
+    (lambda x, p, g: _drop(x, p, g, scale=1 - p), "multiplied by 1 - p"),
+    (lambda x, p, g: _drop(x, p, g, keep_rate=p), "not of keeping it"),
+    (lambda x, p, g: _drop(x, p, g, keep_rate=0.5), "expected about"),
+    (lambda x, p, g: _drop(x, p, g, scale=2.0), "either 0 or x / (1 - p)"),
+    (lambda x, p, g: _drop(x, p, g)[0], "shaped like x"),
+    (lambda x, p, g: _drop(x, p, g) if p else x + 1, "at p = 0 nothing is dropped"),
+    (_in_place, "in place"),
+])  # fmt: skip
+def test_dropout_rejects_typical_mistakes(attempt, feedback):
+    result = ex05.check_dropout(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message

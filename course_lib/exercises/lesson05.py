@@ -247,3 +247,70 @@ def check_batch_loss(fn) -> str | None:
                 return f"{message} (for logits {(B, T, V)}: expected {want:.5f}, got {got:.5f})"
         return f"for logits {(B, T, V)} the loss is {want:.5f} nats per token, got {got:.5f}"
     return None
+
+
+def _dropout_problem(x: torch.Tensor, out: object, p: float) -> str | None:
+    """What is wrong with ``out``, the learner's dropout of ``x`` at rate ``p`` (None: right)."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return f"return a tensor shaped like x, {tuple(x.shape)}, got {shape}"
+    zeroed = out == 0
+    survivors = out[~zeroed] / x[~zeroed]  # x has no zeros: each survivor is x * scale
+    if not torch.allclose(survivors, torch.ones_like(survivors), rtol=1e-5) and not (
+        torch.allclose(survivors, torch.full_like(survivors, 1 / (1 - p)), rtol=1e-5)
+    ):
+        if torch.allclose(survivors, torch.full_like(survivors, 1 - p), rtol=1e-5):
+            return (
+                f"the survivors are multiplied by 1 - p = {1 - p:g}: that is what the original "
+                "dropout did at evaluation; here they are divided by 1 - p"
+            )
+        return f"every element must be either 0 or x / (1 - p), at p = {p:g}"
+    rate = zeroed.float().mean().item()
+    if abs(rate - (1 - p)) < 0.02 and abs(p - 0.5) > 0.1:
+        return (
+            f"{rate:.0%} of the elements are zeroed at p = {p:g}: p is the probability of "
+            "dropping an element, not of keeping it"
+        )
+    if abs(rate - p) > 0.02:
+        return f"{rate:.1%} of the elements are zeroed at p = {p:g}: expected about {p:.0%}"
+    if p > 0 and torch.allclose(survivors, torch.ones_like(survivors), rtol=1e-5):
+        return (
+            "the survivors are not rescaled: divide them by 1 - p, so that each element's "
+            f"average over many masks stays what it was (here it would shrink to {1 - p:g} x)"
+        )
+    return None
+
+
+@checker(
+    "dropout",
+    "Zero each element at random with probability p, and rescale the ones that survive so that "
+    "every element keeps, on average, its value.",
+    "keep = torch.rand(x.shape, generator=generator) >= p is True with probability 1 - p; the "
+    "survivors are divided by 1 - p.",
+)
+def check_dropout(fn) -> str | None:
+    """Check ``fn(x, p, generator) -> Tensor``: inverted dropout in training mode. Then the
+    experiment: averaged over many masks the output is x again, which is why evaluation can
+    switch dropout off and change nothing on average."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 500, generator=g) + 0.5  # no zeros, so a zero in the output is a drop
+    for p in (0.1, 0.3, 0.6):
+        original = x.clone()
+        out = call(fn, x, p, torch.Generator().manual_seed(1))
+        if not torch.equal(x, original):
+            return "your function changed x in place: return a new tensor"
+        problem = _dropout_problem(x, out, p)
+        if problem:
+            return problem
+    same = call(fn, x, 0.0, torch.Generator().manual_seed(1))
+    if not torch.equal(same, x):
+        return "at p = 0 nothing is dropped: the output must equal x"
+    one = x[0, :5]  # the experiment: five elements, each through 20,000 masks at p = 0.3
+    draws = torch.stack(
+        [call(fn, one, 0.3, torch.Generator().manual_seed(s)) for s in range(20_000)]
+    )
+    mean = draws.mean(0)
+    print(f"x = {one.numpy().round(3)}\nmean over 20,000 masks at p = 0.3: {mean.numpy().round(3)}")
+    if not torch.allclose(mean, one, rtol=0.03):
+        return "averaged over many masks the output should be x itself: is the rescaling right?"
+    return None

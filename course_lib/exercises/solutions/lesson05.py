@@ -20,3 +20,8 @@ def batch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     log_probs = torch.log_softmax(logits, dim=-1)  # (B, T, V): normalised scores
     picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T): log p(target)
     return -picked.mean()  # nats per token
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    keep = torch.rand(x.shape, generator=generator) >= p  # True with probability 1 - p
+    return x * keep / (1 - p)  # survivors scaled up: the average stays x
