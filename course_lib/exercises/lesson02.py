@@ -75,6 +75,17 @@ def check_sinusoidal_encoding(fn) -> str | None:
     return None
 
 
+def _tables() -> dict[str, torch.Tensor]:
+    """Three tables of 64 positions, for the experiment: sinusoidal, summed, learned."""
+    sin, cos = _table(64, 16)
+    g = torch.Generator().manual_seed(0)
+    return {
+        "sinusoidal (sin, cos)": sinusoidal_encoding(64, 16),
+        "summed sin + cos": (sin + cos).float(),  # (64, 8): one number per pair, Lesson 02's
+        "learned (untrained)": torch.randn(64, 16, generator=g),  # as nn.Embedding starts
+    }
+
+
 @checker(
     "dot_by_offset",
     "Take the table's rows t and t + k for every t that has a partner, and the dot product of "
@@ -83,27 +94,31 @@ def check_sinusoidal_encoding(fn) -> str | None:
 )
 def check_dot_by_offset(fn) -> str | None:
     """Check the experiment ``fn(pe, k) -> (n_positions - k,)``: the dot products pe[t] · pe[t+k]
-    of a position table pe (n_positions, dim), for every t. Passes when they are right, and
-    shows what they reveal: for sinusoids they depend on the offset k alone."""
-    pe = sinusoidal_encoding(64, 16)
-    rows = []
-    for k in range(6):
-        want = (pe[: len(pe) - k] * pe[k:]).sum(-1)
-        got = call(fn, pe.clone(), k)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            return f"for k = {k} return ({len(pe) - k},), one dot product per t, got {shape}"
-        if not torch.allclose(got, want, atol=1e-4):
-            return f"for k = {k}: the dot products differ from pe[t] · pe[t + k] by up to " \
-                   f"{(got - want).abs().max():.3g}"  # fmt: skip
-        rows.append(got)
-    spread = max(r.std().item() for r in rows[1:])
-    means = [r.mean().item() for r in rows]
+    of a position table pe (n_positions, dim), for every t. Passes when they are right on three
+    tables, and shows what they reveal: only for the (sin, cos) pairs do they depend on the
+    offset k alone, not on t."""
+    spread = {}  # table -> the largest std over t of pe[t] · pe[t + k], k = 0..5
+    for name, pe in _tables().items():
+        spread[name] = 0.0
+        for k in range(6):
+            want = (pe[: len(pe) - k] * pe[k:]).sum(-1)
+            got = call(fn, pe.clone(), k)
+            if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                return f"for k = {k} return ({len(pe) - k},), one dot product per t, got {shape}"
+            if not torch.allclose(got, want, atol=1e-4):
+                error = (got - want).abs().max()
+                return (
+                    f"for k = {k}, {name} table: the dot products differ from pe[t] · pe[t + k] "
+                    f"by up to {error:.3g}"
+                )
+            spread[name] = max(spread[name], got.std().item())
     print(
-        "pe[t] · pe[t+k] for k = 0..5: "
-        + ", ".join(f"{m:.2f}" for m in means)
-        + f"; the same for every t (spread {spread:.1e})"
+        "how much pe[t] · pe[t + k] varies with t (largest std over t, k = 0..5): "
+        + ", ".join(f"{name}: {s:.2g}" for name, s in spread.items())
+        + ". Only the (sin, cos) pairs give dot products that depend on k alone."
     )
-    if spread > 1e-4 or means[:4] != sorted(means[:4], reverse=True):  # the lesson's claim
-        return "the sinusoids lost their property: is pe the table of sinusoidal_encoding?"
+    sinusoidal, *others = spread.values()
+    if not (sinusoidal < 1e-4 and min(others) > 0.1):  # the lesson's claim, measured
+        return "the tables lost their difference: is pe the table the checker passed in?"
     return None
