@@ -11,24 +11,29 @@ _CONFIGS = [
     GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32),
     GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256),
     GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+    GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256, bias=False),
 ]
 
 
-def _count(c: GPTConfig, lm_head: bool = False, biases: bool = True, norms: bool = True,
-           positions: bool = True, hidden: int = 4) -> int:  # fmt: skip
+def _count(c: GPTConfig, lm_head: bool = False, biases: bool | None = None, norms: bool = True,
+           positions: bool = True, hidden: int = 4, norm_biases: bool | None = None,
+           ) -> int:  # fmt: skip
+    """GPT(c)'s parameter count, or a typical miscount of it; biases=None follows c.bias."""
     C, H = c.n_embd, hidden * c.n_embd
-    block = C * 3 * C + C * C + C * H + H * C
+    biases = c.bias if biases is None else biases
+    norm_biases = c.bias if norm_biases is None else norm_biases
+    norm = (2 * C if norm_biases else C) if norms else 0  # a weight, and a bias if any
+    block = C * 3 * C + C * C + C * H + H * C + 2 * norm
     if biases:
         block += 3 * C + C + H + C
-    if norms:
-        block += 2 * 2 * C
-    total = c.vocab_size * C + c.n_layer * block + (2 * C if norms else 0)
+    total = c.vocab_size * C + c.n_layer * block + norm
     return total + (c.block_size * C if positions else 0) + (c.vocab_size * C if lm_head else 0)
 
 
 _HINT = (
     "Count one block (ln_1, c_attn, c_proj, ln_2, c_fc, c_proj), times n_layer, plus wte, wpe "
-    "and ln_f. A Linear(a, b) has a*b weights and b biases."
+    "and ln_f. A Linear(a, b) has a*b weights and b biases, a LayerNorm(C) C weights and C "
+    "biases; config.bias=False removes every bias, the LayerNorms' too."
 )
 
 
@@ -42,7 +47,8 @@ def check_param_count(fn) -> str | None:
         if got == want:
             continue
         shape = (
-            f"(vocab {c.vocab_size}, context {c.block_size}, {c.n_layer} layers, {c.n_embd} wide)"
+            f"(vocab {c.vocab_size}, context {c.block_size}, {c.n_layer} layers, {c.n_embd} wide"
+            f"{', bias=False' if not c.bias else ''})"
         )
         mistakes = {
             "the output head shares its matrix with wte (weight tying): count it once":
@@ -53,6 +59,10 @@ def check_param_count(fn) -> str | None:
             "the position embeddings are missing: wpe has block_size x n_embd":
                 _count(c, positions=False),
             "the MLP's hidden layer is 4 x n_embd wide, not n_embd": _count(c, hidden=1),
+            "config.bias=False removes every bias: the Linears have none, nor the LayerNorms":
+                _count(c, biases=True, norm_biases=True),
+            "config.bias=False removes the LayerNorms' biases too (nn.LayerNorm(C, bias=False) "
+            "has only its C weights)": _count(c, norm_biases=True),
         }  # fmt: skip
         for message, wrong in mistakes.items():
             if got == wrong:
@@ -73,115 +83,126 @@ def _random_block() -> tuple[Block, torch.Tensor]:
     return block, torch.randn(2, 5, 32)
 
 
-@checker(
-    "block_forward",
-    "Two residual steps, attention then the MLP, each adding its output to x; each reads a "
-    "LayerNorm-ed copy of x (pre-norm, as in GPT-2).",
-    "Pre-norm: x = x + block.attn(block.ln_1(x))[0], then x = x + block.mlp(block.ln_2(x)).",
-)
-def check_block_forward(fn) -> str | None:
-    """Check ``fn(block, x) -> (B, T, C)``: one decoder block's forward pass."""
-    block, x = _random_block()
-    with torch.no_grad():
-        want, _ = block(x)
+def _run(fn, block: Block, x: torch.Tensor) -> torch.Tensor | str:
+    """The learner's output (a returned pair unpacked), or what is wrong with its type or shape."""
+    try:
         got = call(fn, block, x.clone())
-        if isinstance(got, tuple):
-            got = got[0]
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            return f"return the block's output (B, T, C) = {tuple(want.shape)}, got {shape}"
-        if torch.allclose(got, want, atol=1e-5):
-            return None
-        a = lambda h: block.attn(h)[0]  # noqa: E731
-        h1 = x + a(block.ln_1(x))
-        mistakes = {
-            "that is post-norm (the original Transformer): GPT-2 normalises the input of each "
-            "branch, x + attn(ln_1(x)), not the sum": block.ln_2(
-                block.ln_1(x + a(x)) + block.mlp(block.ln_1(x + a(x)))),
-            "the residual connections are missing: add each branch's output to x":
-                block.mlp(block.ln_2(a(block.ln_1(x)))),
-            "the MLP branch has no residual: x = x + mlp(ln_2(x))": block.mlp(block.ln_2(h1)),
-            "the attention branch has no residual: x = x + attn(ln_1(x))":
-                a(block.ln_1(x)) + block.mlp(block.ln_2(a(block.ln_1(x)))),
-            "the MLP branch must use ln_2, not ln_1": h1 + block.mlp(block.ln_1(h1)),
-            "the MLP must see the output of the attention step, not the block's input":
-                h1 + block.mlp(block.ln_2(x)),
-        }  # fmt: skip
+    except TypeError as err:
+        if "tuple" not in str(err):
+            raise
+        return f"block.attn returns a pair (output, weights): take its [0] ({err})"
+    got = got[0] if isinstance(got, tuple) else got
+    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        return f"return the block's output (B, T, C) = {tuple(x.shape)}, got {shape}"
+    return got
+
+
+def _mistake(got: torch.Tensor, want: torch.Tensor, mistakes: dict[str, torch.Tensor]) -> str:
+    """The first typical mistake that gives ``got``, or by how much it is off."""
     for message, wrong in mistakes.items():
         if torch.allclose(got, wrong, atol=1e-5):
             return message
-    return f"output differs from the block's by up to {(got - want).abs().max():.3g}"
-
-
-def _grad_ratio(forward) -> float | None:
-    """The experiment: a 12-block stack at initialisation (Xavier, as the original Transformer
-    was started), random inputs and targets, one backward pass; returns the gradient norm of the
-    last block's weight matrices over the first block's (None: no gradient reached the first
-    block). forward(block, x) runs one block."""
-    torch.manual_seed(0)
-    blocks = [Block(_CONFIGS[0]) for _ in range(12)]
-    for m in (m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)):
-        torch.nn.init.xavier_uniform_(m.weight)
-    head = torch.nn.Linear(32, 100)
-    x = torch.randn(4, 16, 32)
-    for block in blocks:
-        x = forward(block, x)
-        x = x[0] if isinstance(x, tuple) else x
-    logits = head(torch.nn.functional.layer_norm(x, (32,)))
-    torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.randint(0, 100, (64,))).backward()
-    norms = []
-    for b in blocks:
-        grads = [p.grad.flatten() for p in b.parameters() if p.dim() == 2 and p.grad is not None]
-        norms.append(torch.cat(grads).norm().item() if grads else 0.0)
-    return norms[-1] / norms[0] if norms[0] else None
+    return f"output differs from the expected one by up to {(got - want).abs().max():.3g}"
 
 
 @checker(
-    "post_norm_forward",
-    "Post-norm, as in the original Transformer and GPT-1: each step adds its sublayer's output "
-    "to its input first and then normalises the sum; the MLP step reads the attention step's "
-    "normalised result.",
-    "h = block.ln_1(x + block.attn(x)[0]), then return block.ln_2(h + block.mlp(h)).",
+    "parallel_forward",
+    "The parallel block of GPT-J and PaLM: attention and the MLP both read the same normalised "
+    "input, side by side, and both outputs are added to x in one step. It normalises once, "
+    "with ln_1; ln_2 goes unused.",
+    "n = block.ln_1(x), then return x + block.attn(n)[0] + block.mlp(n).",
 )
-def check_post_norm(fn) -> str | None:
-    """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run post-norm; then the
-    experiment: in a 12-block post-norm stack the last block's weights get, relative to the
-    first block's, clearly more gradient than in a pre-norm stack."""
+def check_parallel_forward(fn) -> str | None:
+    """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run as a parallel block."""
     block, x = _random_block()
     with torch.no_grad():
+        got = _run(fn, block, x)
+        if isinstance(got, str):
+            return got
+        a, n = (lambda h: block.attn(h)[0]), block.ln_1(x)
+        want = x + a(n) + block.mlp(n)
+        if torch.allclose(got, want, atol=1e-5):
+            return None
+        mistakes = {
+            "that is GPT-2's sequential block, where the MLP reads attention's result: in the "
+            "parallel block both branches read ln_1(x), the block's own input": block(x)[0],
+            "GPT-J and PaLM normalise once: the MLP reads ln_1(x) too, ln_2 is not used":
+                x + a(n) + block.mlp(block.ln_2(x)),
+            "the residual is missing: add both branches' outputs to x": a(n) + block.mlp(n),
+            "the MLP branch is missing: add its output too": x + a(n),
+            "the attention branch is missing: add its output too": x + block.mlp(n),
+            "the branches read x unnormalised: both read ln_1(x)": x + a(x) + block.mlp(x),
+        }  # fmt: skip
+        return _mistake(got, want, mistakes)
+
+
+def _stack(forward) -> tuple[float | None, float]:
+    """The experiment: a 12-block course GPT at initialisation (GPT-2's), its blocks run with
+    ``forward(block, x)``, one backward pass of the loss on random tokens. Returns the gradient
+    norm of the first block's weight matrices (None: no gradient reached them) and how alike the
+    positions end up: the mean cosine similarity of the final vectors of two different positions
+    (1: all the same vector)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=12, n_head=2, n_embd=32))
+    ids = torch.randint(0, 100, (4, 17), generator=torch.Generator().manual_seed(0))
+    x = model.transformer.wte(ids[:, :-1]) + model.transformer.wpe(torch.arange(16))
+    for block in model.transformer.h:
+        x = forward(block, x)
+        x = x[0] if isinstance(x, tuple) else x
+    h = model.transformer.ln_f(x)
+    unit = torch.nn.functional.normalize(h.detach(), dim=-1)
+    cos = unit @ unit.transpose(1, 2)  # (B, T, T)
+    alike = ((cos.sum((1, 2)) - 16) / (16 * 15)).mean().item()  # off the diagonal only
+    if h.requires_grad:
+        logits = model.lm_head(h).flatten(0, 1)
+        torch.nn.functional.cross_entropy(logits, ids[:, 1:].flatten()).backward()
+    grads = [p.grad for p in model.transformer.h[0].parameters() if p.dim() == 2]
+    if any(g is None for g in grads):
+        return None, alike
+    return torch.cat([g.flatten() for g in grads]).norm().item(), alike
+
+
+@checker(
+    "no_residual_forward",
+    "Keep the block's parts and their order, a LayerNorm before each sublayer as in GPT-2, but "
+    "let each sublayer's output replace its input instead of being added to it.",
+    "h = block.attn(block.ln_1(x))[0], then return block.mlp(block.ln_2(h)).",
+)
+def check_no_residual(fn) -> str | None:
+    """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run without residual
+    connections; then the experiment: in a 12-block stack of them far less gradient reaches the
+    first block than in the pre-norm stack, and every position ends up the same vector."""
+    block, x = _random_block()
+    with torch.no_grad():
+        got = _run(fn, block, x)
+        if isinstance(got, str):
+            return got
         a = lambda h: block.attn(h)[0]  # noqa: E731
-        h = block.ln_1(x + a(x))
-        want = block.ln_2(h + block.mlp(h))
-        got = call(fn, block, x.clone())
-        got = got[0] if isinstance(got, tuple) else got
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            return f"return the block's output (B, T, C) = {tuple(want.shape)}, got {shape}"
+        h = a(block.ln_1(x))
+        want = block.mlp(block.ln_2(h))
         if not torch.allclose(got, want, atol=1e-5):
-            pre = x + a(block.ln_1(x))
-            sub = x + block.ln_1(a(x))
-            no_res = block.ln_1(a(x))
+            kept = x + a(block.ln_1(x))
             mistakes = {
-                "that is pre-norm, GPT-2's block (x + attn(ln_1(x))): post-norm adds first and "
-                "normalises the sum, ln_1(x + attn(x))": pre + block.mlp(block.ln_2(pre)),
-                "the LayerNorm goes around the sum, ln_1(x + attn(x)), not around the sublayer "
-                "alone, x + ln_1(attn(x))": sub + block.ln_2(block.mlp(sub)),
-                "the residual connections are missing: add each sublayer's output to its input "
-                "before normalising": block.ln_2(block.mlp(no_res)),
-                "the MLP step has no residual: ln_2(h + mlp(h))": block.ln_2(block.mlp(h)),
-                "the attention step has no residual: ln_1(x + attn(x))":
-                    block.ln_2(no_res + block.mlp(no_res)),
-                "the MLP step must read h, the attention step's output, not the block's input x":
-                    block.ln_2(h + block.mlp(x)),
+                "that is the normal pre-norm block, with both residual connections: drop them, "
+                "so that each sublayer's output replaces its input": block(x)[0],
+                "the attention step still adds to x: drop its residual too":
+                    block.mlp(block.ln_2(kept)),
+                "the MLP step still adds to its input: drop its residual too":
+                    h + block.mlp(block.ln_2(h)),
+                "keep the LayerNorms: only the residual connections go": block.mlp(a(x)),
+                "the MLP must read the attention step's output, not the block's input x":
+                    block.mlp(block.ln_2(x)),
             }  # fmt: skip
-            for message, wrong in mistakes.items():
-                if torch.allclose(got, wrong, atol=1e-5):
-                    return message
-            return f"output differs from post-norm's by up to {(got - want).abs().max():.3g}"
-    post, pre = _grad_ratio(fn), _grad_ratio(lambda block, x: block(x))
-    if post is None:
+            return _mistake(got, want, mistakes)
+    (plain, plain_alike), (pre, pre_alike) = _stack(fn), _stack(lambda block, x: block(x))
+    if plain is None:
         return "no gradient reached the first block's weights: compute with autograd on"
-    print(f"last block / first block gradient norm: post-norm {post:.2f}, pre-norm {pre:.2f}")
-    if post < 1.5 * pre:
-        return f"post-norm's ratio {post:.2f} should clearly exceed pre-norm's {pre:.2f}"
+    print(
+        f"gradient reaching the first block: {plain:.3g} without residuals, {pre:.3g} with "
+        f"({pre / plain:.0f} times as much); how alike the positions end up (cosine, 1 = the "
+        f"same vector): {plain_alike:.3f} without, {pre_alike:.3f} with"
+    )
+    if plain > pre / 5 or plain_alike < 0.99 or pre_alike > 0.5:
+        return "the experiment did not come out as expected: please report it as a course bug"
     return None

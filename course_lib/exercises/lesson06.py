@@ -87,6 +87,12 @@ def _output_problem(got: object, logits: Tensor, given: Tensor) -> tuple[Tensor 
     return ~dropped, []
 
 
+_OWN = (
+    "that is course_lib's own {0}: it passes, of course, but the exercise is to write it "
+    "yourself. Try your version, then compare it with {0} on the same logits"
+)
+
+
 def _finish(problems: list[str], where: str) -> str:
     return f"{'; and '.join(problems)} ({where})"
 
@@ -155,6 +161,8 @@ def _top_k_problem(kept: Tensor, logits: Tensor, k: int) -> str:
 )
 def check_top_k(fn) -> str | None:
     """Check ``fn(logits (B, V), k) -> (B, V)``: all but the k largest of each row set to -inf."""
+    if fn is top_k_filter:
+        return _OWN.format("top_k_filter")
     for seed, (B, V, middle) in enumerate([(4, 10, 3), (3, 17, 6)]):
         logits = _logits(seed, B, V)
         for k in (1, middle, V, V + 5):
@@ -308,6 +316,8 @@ def _top_p_cases() -> list[tuple[str, Tensor, float, bool]]:
 )
 def check_top_p(fn) -> str | None:
     """Check ``fn(logits (B, V), p) -> (B, V)``: all but the nucleus of each row set to -inf."""
+    if fn is top_p_filter:
+        return _OWN.format("top_p_filter")
     for where, logits, p, name in _top_p_cases():
         given = logits.clone()
         got = call(fn, given, p)
@@ -320,61 +330,93 @@ def check_top_p(fn) -> str | None:
     return None
 
 
-def _cached_step(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, scale=True):
-    K = torch.cat([k_cache, k[:, None]], dim=1)  # (B, T + 1, d)
-    V = torch.cat([v_cache, v[:, None]], dim=1)
-    scores = (K @ q[:, :, None]).squeeze(-1)  # (B, T + 1)
+def _chunk(
+    q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, scale=True, mask="right"
+) -> Tensor:
+    """The new tokens' attention output, right or with one typical mistake switched on."""
+    K = torch.cat([k_cache, k], dim=1)  # (B, T + n, d)
+    V = torch.cat([v_cache, v], dim=1)
+    n, total = q.size(1), K.size(1)
+    scores = q @ K.transpose(1, 2)  # (B, n, T + n)
     if scale:
         scores = scores / q.size(-1) ** 0.5
-    return (scores.softmax(-1)[:, None] @ V).squeeze(1), K, V
+    # new token i sits at position T + i: the bottom-right rows of the full causal mask
+    sees = {
+        "right": torch.ones(n, total, dtype=torch.bool).tril(total - n),
+        "top-left": torch.ones(n, total, dtype=torch.bool).tril(),
+        "none": torch.ones(n, total, dtype=torch.bool),
+        "past": torch.arange(total) < total - n,
+    }[mask]
+    return scores.masked_fill(~sees, float("-inf")).softmax(-1) @ V
+
+
+_CHUNK_MISTAKES = {
+    (False, "right"): "the scores are not scaled: divide q·k by sqrt(d)",
+    (True, "none"): (
+        "a new token attended to the new tokens after it: with several new tokens a mask is "
+        "needed again; new token i may see the T cached keys and the new ones up to itself"
+    ),
+    (True, "top-left"): (
+        "your mask is the top-left corner of the causal mask: new token i saw only keys "
+        "0..i, but it sits at position T + i and sees keys 0..T + i, the bottom-right rows. "
+        "(is_causal=True in torch's scaled_dot_product_attention draws the top-left one when "
+        "there are fewer queries than keys)"
+    ),
+    (True, "past"): (
+        "the new tokens attended only to the cache: append their keys and values first, "
+        "each token sees itself and the new tokens before it too"
+    ),
+}
 
 
 @checker(
-    "cached_attention_step",
-    "The new token's query attends to every key so far, its own included: extend the cache "
-    "first, then score, scale, softmax and average the values, as in Lesson 03.",
-    "K = torch.cat([k_cache, k[:, None]], dim=1) (and V the same); weights = softmax(K @ q / "
-    "sqrt(d)) over the T + 1 keys; out = weights @ V; return out, K, V.",
+    "cached_attention_chunk",
+    "Append the new keys and values to the cache first. Then each new token attends to all "
+    "the cached tokens and to the new ones up to itself, never to those after it: a causal "
+    "mask again, but which rows of it?",
+    "K = torch.cat([k_cache, k], dim=1) (and V the same); scores = q @ K.transpose(1, 2) / "
+    "sqrt(d), shape (B, n, T + n); new token i sits at T + i and sees keys 0..T + i: "
+    "torch.ones(n, T + n, dtype=torch.bool).tril(T); masked_fill the rest with -inf, softmax, "
+    "@ V; return out, K, V.",
 )
-def check_cached_attention_step(fn) -> str | None:
-    """Check ``fn(q, k, v, k_cache, v_cache) -> (out, k_cache, v_cache)``: one head, one new
-    token. q, k, v (B, d) are the new token's; the caches (B, T, d) hold the tokens before it;
-    out (B, d) is its attention output, and the caches come back with its k and v appended,
-    (B, T + 1, d). The output must equal the last row of full causal attention."""
+def check_cached_attention_chunk(fn) -> str | None:
+    """Check ``fn(q, k, v, k_cache, v_cache) -> (out, k_cache, v_cache)``: one head, n new
+    tokens at once. q, k, v (B, n, d) are the new tokens'; the caches (B, T, d) hold the tokens
+    before them; out (B, n, d) is their attention output, and the caches come back with their
+    k and v appended, (B, T + n, d). The output must equal the last n rows of full causal
+    attention over all T + n tokens."""
     from course_lib.attention import causal_mask, scaled_dot_product_attention
 
     g = torch.Generator().manual_seed(6)
     B, T, d = 2, 5, 8
-    K_all, V_all, Q_all = (torch.randn(B, T + 1, d, generator=g) for _ in range(3))
-    full, _ = scaled_dot_product_attention(Q_all, K_all, V_all, causal_mask(T + 1))
-    q, k, v = Q_all[:, -1], K_all[:, -1], V_all[:, -1]
-    k_cache, v_cache = K_all[:, :-1].clone(), V_all[:, :-1].clone()
-    got = call(fn, q, k, v, k_cache, v_cache)
-    if not isinstance(got, tuple) or len(got) != 3:
-        return f"return (out, k_cache, v_cache), got {type(got).__name__}"
-    out, K, V = got
-    if not isinstance(out, Tensor) or out.shape != (B, d):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        return f"out must be (B, d) = {(B, d)}, one vector per sequence, got {shape}"
-    if not isinstance(K, Tensor) or K.shape != (B, T + 1, d) or V.shape != (B, T + 1, d):
-        want = (B, T + 1, d)
-        return f"the caches must come back with the new k and v appended: (B, T + 1, d) = {want}"
-    if not (torch.equal(K, K_all) and torch.equal(V, V_all)):
-        return "the returned caches must be the old ones with k and v appended at the end (dim 1)"
-    if torch.allclose(out, full[:, -1], atol=1e-5):
-        return None
-    past_only = (k_cache @ q[:, :, None]).squeeze(-1) / d**0.5
-    mistakes = {
-        "the scores are not scaled: divide q·k by sqrt(d)":
-            _cached_step(q, k, v, k_cache, v_cache, scale=False)[0],
-        "the new token attended only to the past: append its own k and v before attending":
-            (past_only.softmax(-1)[:, None] @ v_cache).squeeze(1),
-    }  # fmt: skip
-    for message, wrong in mistakes.items():
-        if torch.allclose(out, wrong, atol=1e-5):
-            return message
-    gap = (out - full[:, -1]).abs().max()
-    return f"out differs from full causal attention's last row by up to {gap:.4f}"
+    for n in (3, 1):
+        where = f" (for T = {T} cached tokens and n = {n} new ones)"
+        Q_all, K_all, V_all = (torch.randn(B, T + n, d, generator=g) for _ in range(3))
+        full, _ = scaled_dot_product_attention(Q_all, K_all, V_all, causal_mask(T + n))
+        q, k, v = Q_all[:, T:], K_all[:, T:], V_all[:, T:]
+        k_cache, v_cache = K_all[:, :T].clone(), V_all[:, :T].clone()
+        got = call(fn, q, k, v, k_cache, v_cache)
+        if not isinstance(got, tuple) or len(got) != 3:
+            return f"return (out, k_cache, v_cache), got {type(got).__name__}{where}"
+        out, K, V = got
+        if not isinstance(out, Tensor) or out.shape != (B, n, d):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            return f"out must be (B, n, d) = {(B, n, d)}, one vector per new token, got {shape}"
+        if not all(isinstance(c, Tensor) and c.shape == (B, T + n, d) for c in (K, V)):
+            want = (B, T + n, d)
+            return f"the caches must come back with the new k and v appended: {want}{where}"
+        if not (torch.equal(K, K_all) and torch.equal(V, V_all)):
+            return f"the returned caches must be the old ones with k and v appended (dim 1){where}"
+        if torch.allclose(out, full[:, T:], atol=1e-5):
+            continue
+        for (scale, mask), message in _CHUNK_MISTAKES.items():
+            if torch.allclose(out, _chunk(q, k, v, k_cache, v_cache, scale, mask), atol=1e-5):
+                return message + where
+        gap = (out - full[:, T:]).abs().max()
+        return (
+            f"out differs from the last n rows of full causal attention by up to {gap:.4f}{where}"
+        )
+    return None
 
 
 @checker(

@@ -7,19 +7,23 @@ from course_lib.model import Block, GPTConfig
 
 def param_count(config: GPTConfig) -> int:
     C, V, T, L = config.n_embd, config.vocab_size, config.block_size, config.n_layer
-    attention = (C * 3 * C + 3 * C) + (C * C + C)  # c_attn (q|k|v) and c_proj
-    mlp = (C * 4 * C + 4 * C) + (4 * C * C + C)  # c_fc and c_proj
-    norms = 2 * (2 * C)  # ln_1 and ln_2: a weight and a bias each
+    b = 1 if config.bias else 0  # bias=False: no biases anywhere, the LayerNorms' included
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out + b * n_out
+
+    norm = C + b * C  # a weight, and a bias if any
+    attention = linear(C, 3 * C) + linear(C, C)  # c_attn (q|k|v) and c_proj
+    mlp = linear(C, 4 * C) + linear(4 * C, C)  # c_fc and c_proj
     embeddings = V * C + T * C  # wte (shared with lm_head) and wpe
-    return embeddings + L * (attention + mlp + norms) + 2 * C  # + ln_f
+    return embeddings + L * (norm + attention + norm + mlp) + norm  # ln_1, ln_2 ... ln_f
 
 
-def block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
-    x = x + block.attn(block.ln_1(x))[0]  # attn returns (output, weights or None)
-    x = x + block.mlp(block.ln_2(x))
-    return x
+def parallel_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    n = block.ln_1(x)  # one LayerNorm feeds both branches (GPT-J, PaLM); ln_2 goes unused
+    return x + block.attn(n)[0] + block.mlp(n)  # attn returns (output, weights or None)
 
 
-def post_norm_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
-    h = block.ln_1(x + block.attn(x)[0])  # add first, then normalise the sum
-    return block.ln_2(h + block.mlp(h))
+def no_residual_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    h = block.attn(block.ln_1(x))[0]  # each output replaces its input: nothing is added back
+    return block.mlp(block.ln_2(h))

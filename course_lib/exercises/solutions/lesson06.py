@@ -20,11 +20,15 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def cached_attention_step(q, k, v, k_cache, v_cache):
-    k_cache = torch.cat([k_cache, k[:, None]], dim=1)  # (B, T + 1, d): the new key joins
-    v_cache = torch.cat([v_cache, v[:, None]], dim=1)
-    scores = (k_cache @ q[:, :, None]).squeeze(-1) / q.size(-1) ** 0.5  # (B, T + 1)
-    out = (scores.softmax(dim=-1)[:, None] @ v_cache).squeeze(1)  # (B, d)
+def cached_attention_chunk(q, k, v, k_cache, v_cache):
+    k_cache = torch.cat([k_cache, k], dim=1)  # (B, T + n, d): the new keys join
+    v_cache = torch.cat([v_cache, v], dim=1)
+    n, total = q.size(1), k_cache.size(1)
+    scores = q @ k_cache.transpose(1, 2) / q.size(-1) ** 0.5  # (B, n, T + n)
+    # new token i sits at position T + i: it sees the T cached keys and the new ones up to itself,
+    # the bottom-right rows of the full causal mask
+    sees = torch.ones(n, total, dtype=torch.bool).tril(total - n)
+    out = scores.masked_fill(~sees, float("-inf")).softmax(dim=-1) @ v_cache  # (B, n, d)
     return out, k_cache, v_cache
 
 
