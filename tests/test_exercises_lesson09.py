@@ -1,7 +1,6 @@
 """Lesson 09's checkers: they accept the solutions, say "not attempted" to the stubs, and name
 the typical mistakes."""
 
-
 import pytest
 
 from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
