@@ -114,14 +114,6 @@ def test_validation_fraction_rejects_typical_mistakes(attempt, feedback):
 # --- lesson 01 -----------------------------------------------------------------------------------
 
 
-def _pairs_stepping_two(ids):
-    return dict(Counter(zip(ids[::2], ids[1::2])))
-
-
-def _pairs_missing_last(ids):
-    return dict(Counter(zip(ids[:-1], ids[1:-1])))
-
-
 def _encode_reversed(ids, merges):
     from course_lib.tokenizer import merge
 
@@ -147,32 +139,45 @@ def _encode_in_place(ids, merges):
     return encoded
 
 
-def test_pair_counts_accepts_solution():
-    assert ex01.check_pair_counts(sol01.pair_counts).status == PASSED
+def test_decode_accepts_solution():
+    assert ex01.check_decode(sol01.decode).status == PASSED
 
 
-def test_pair_counts_stub_is_not_attempted_with_a_nudge_and_code_on_request(capsys):
+def test_decode_stub_is_not_attempted_with_a_nudge_and_code_on_request(capsys):
     from course_lib.exercises import hint
 
-    result = ex01.check_pair_counts(stub)
-    assert result.status == NOT_ATTEMPTED and "zip(" not in result.message
-    assert "hint('lesson01', 'pair_counts')" in result.message
-    hint("lesson01", "pair_counts")
-    assert "zip(ids, ids[1:])" in capsys.readouterr().out
+    result = ex01.check_decode(stub)
+    assert result.status == NOT_ATTEMPTED and "errors=" not in result.message
+    assert "hint('lesson01', 'decode')" in result.message
+    hint("lesson01", "decode")
+    assert "errors='replace'" in capsys.readouterr().out
+
+
+def _decoder(join=True, errors="replace", swap=False, as_bytes=False):
+    def decode(ids, merges):
+        vocab = {i: bytes([i]) for i in range(256)}
+        for (a, b), new_id in merges.items():
+            vocab[new_id] = vocab[b] + vocab[a] if swap else vocab[a] + vocab[b]
+        if not join:
+            return "".join(vocab[i].decode("utf-8", errors=errors) for i in ids)
+        data = b"".join(vocab[i] for i in ids)
+        return data if as_bytes else data.decode("utf-8", errors=errors)
+
+    return decode
 
 
 @pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda ids: dict(Counter(ids)), "counted single ids"),
-    (_pairs_stepping_two, "pairs overlap"),
-    (_pairs_missing_last, "missed the last pair"),
-    (lambda ids: {list(p): n for p, n in Counter(zip(ids, ids[1:])).items()}, "raised TypeError"),
-    (lambda ids: {str(p): n for p, n in Counter(zip(ids, ids[1:])).items()}, "must be tuples"),
-    (lambda ids: list(zip(ids, ids[1:])), "return a dict"),
+    (_decoder(join=False), "decoded each token on its own"),
+    (_decoder(errors="strict"), "errors='replace'"),
+    (_decoder(errors="ignore"), "broken bytes vanished"),
+    (_decoder(as_bytes=True), "returns the bytes"),
+    (_decoder(swap=True), "wrong way round"),
+    (lambda ids, merges: ids, "return the text, a str, got list"),
+    (lambda ids, merges: "", "should decode to"),
 ])  # fmt: skip
-def test_pair_counts_rejects_typical_mistakes(attempt, feedback):
-    result = ex01.check_pair_counts(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
+def test_decode_rejects_typical_mistakes(attempt, feedback):
+    result = ex01.check_decode(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
 
 
 def test_encode_word_accepts_solution():
@@ -199,40 +204,32 @@ def test_encode_word_rejects_typical_mistakes(attempt, feedback):
 # --- lesson 02 -----------------------------------------------------------------------------------
 
 
-def _pe(n, dim, base=10000.0, step=2, f_even=torch.sin, f_odd=torch.cos, layout="interleave"):
-    i = torch.arange(0, dim, 2).double() if step == 2 else torch.arange(dim // 2).double()
-    angle = torch.arange(n).double()[:, None] / base ** (i / dim)
-    even, odd = f_even(angle), f_odd(angle)
-    if layout == "halves":
-        return torch.cat([even, odd], dim=-1).float()
-    return torch.stack([even, odd], dim=-1).flatten(-2).float()
+def test_rotate_pairs_accepts_solution():
+    assert ex02.check_rotate_pairs(sol02.rotate_pairs).passed
 
 
-def test_sinusoidal_encoding_accepts_solution_and_course_lib():
-    assert ex02.check_sinusoidal_encoding(sol02.sinusoidal_encoding).passed
-    assert ex02.check_sinusoidal_encoding(sinusoidal_encoding).passed
+def test_rotate_pairs_stub_is_not_attempted_with_a_nudge(capsys):
+    from course_lib.exercises import hint
 
-
-def test_sinusoidal_encoding_stub_is_not_attempted():
-    assert ex02.check_sinusoidal_encoding(stub).status == NOT_ATTEMPTED
+    result = ex02.check_rotate_pairs(stub)
+    assert result.status == NOT_ATTEMPTED and "cos" not in result.message
+    hint("lesson02", "rotate_pairs")
+    assert "a cos - b sin" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda n, d: _pe(n, d, f_even=torch.cos, f_odd=torch.sin), "swapped"),
-    (lambda n, d: _pe(n, d, step=1), "missing its factor 2"),
-    (lambda n, d: _pe(n, d, base=1000.0), "base is not 10000"),
-    (lambda n, d: _pe(n, d, f_even=lambda a: a.sin() + a.cos(), f_odd=lambda a: a.sin() + a.cos()),
-     "added sin and cos"),
-    (lambda n, d: _pe(n, d, layout="halves"), "interleave"),
-    (lambda n, d: _pe(n, d, base=1 / 10000.0), "inverted"),
-    (lambda n, d: _pe(n, d).T, "transposed"),
-    (lambda n, d: _pe(n, d).numpy(), "return a torch.Tensor"),
-    (lambda n, d: _pe(n, d) + 0.1, "should be"),
+    (lambda x, p: ex02._rotate(x, p, sign=-1.0), "the other way"),
+    (lambda x, p: ex02._rotate(x, p, two=False), "missing its factor 2"),
+    (lambda x, p: ex02._rotate(x, p, halves=True), "rotate half"),
+    (lambda x, p: x + sinusoidal_encoding(int(p.max()) + 1, x.shape[-1])[p], "adds the position"),
+    (lambda x, p: ex02._rotate(x, torch.arange(len(p))), "use the positions given"),
+    (lambda x, p: ex02._rotate(x, p)[:, :2], "shape (6, 8), got (6, 2)"),
+    (lambda x, p: ex02._rotate(x, p).numpy(), "got ndarray"),
+    (lambda x, p: ex02._rotate(x, p) + 0.1, "differs from RoPE's"),
 ])  # fmt: skip
-def test_sinusoidal_encoding_rejects_typical_mistakes(attempt, feedback):
-    result = ex02.check_sinusoidal_encoding(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
+def test_rotate_pairs_rejects_typical_mistakes(attempt, feedback):
+    result = ex02.check_rotate_pairs(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
 
 
 # --- lesson 03 -----------------------------------------------------------------------------------
@@ -898,7 +895,7 @@ def test_stub_messages_are_nudges_and_code_level_hints_come_on_request(capsys):
     from course_lib import exercises
     from course_lib.exercises import hint
 
-    for n in range(9):
+    for n in range(10):
         importlib.import_module(f"course_lib.exercises.lesson{n:02d}")
     assert len(exercises._CODE_HINTS) >= 11
     for (lesson, exercise), code in exercises._CODE_HINTS.items():
@@ -917,7 +914,7 @@ def _stub_messages() -> list[str]:
     import inspect
 
     messages = []
-    for n in range(9):
+    for n in range(10):
         module = importlib.import_module(f"course_lib.exercises.lesson{n:02d}")
         for name, check in inspect.getmembers(module, inspect.isfunction):
             if name.startswith("check_") and check.__module__ == module.__name__:

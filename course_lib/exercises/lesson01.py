@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from itertools import pairwise
 
 from course_lib.exercises import call, checker
@@ -16,37 +15,88 @@ _IDS = [
 ]
 
 
+# Merges learned from a short text with accents and an emoji, so that some tokens hold only
+# part of a character's UTF-8 bytes.
+_ACCENTED = "café naïve déjà vu, the café, a naïve café 🎭🎭 déjà " * 3
+
+
+def _accented_tokenizer():  # -> BPETokenizer
+    from course_lib.tokenizer import BPETokenizer
+
+    tok = BPETokenizer()
+    tok.train(_ACCENTED, vocab_size=256 + 20 + 1)
+    return tok
+
+
+def _vocab(merges: dict[tuple[int, int], int]) -> dict[int, bytes]:
+    vocab = {i: bytes([i]) for i in range(256)}
+    for (a, b), new_id in merges.items():
+        vocab[new_id] = vocab[a] + vocab[b]
+    return vocab
+
+
+def _whole(piece: bytes) -> bool:
+    """Whether ``piece`` is valid UTF-8 on its own (no character cut in two)."""
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @checker(
-    "pair_counts",
-    "Every id and the one after it form a pair; count how often each pair occurs.",
-    "Loop over neighbours with zip(ids, ids[1:]) and count each pair.",
+    "decode",
+    "Every id stands for a string of bytes: a byte's id for itself, a merge's id for its two "
+    "parts joined. Join the bytes of all the ids, then turn the bytes into text; a token may "
+    "hold only part of a character.",
+    "vocab = {i: bytes([i]) for i in range(256)}, then vocab[new] = vocab[a] + vocab[b] for "
+    "each merge in order; b''.join(vocab[i] for i in ids).decode('utf-8', errors='replace').",
 )
-def check_pair_counts(fn) -> str | None:
-    """Check ``fn(ids) -> dict[tuple[int, int], int]``: how often each adjacent pair occurs."""
-    for ids in _IDS:
-        got = call(fn, list(ids))
-        want = Counter(pairwise(ids))
-        if not isinstance(got, dict):
-            return f"return a dict mapping (a, b) pairs to counts, got {type(got).__name__}"
-        if got == Counter(ids) != want:
-            return "you counted single ids: count *pairs* of neighbours (ids[i], ids[i+1])"
-        if any(not isinstance(k, tuple) for k in got):
-            bad = next(k for k in got if not isinstance(k, tuple))
-            return f"keys must be tuples (a, b) of two neighbouring ids, got {bad!r}"
-        if got == Counter(zip(ids[::2], ids[1::2])) != want:
+def check_decode(fn) -> str | None:
+    """Check ``fn(ids, merges) -> str``: token ids back to text, as ``BPETokenizer.decode``."""
+    tok = _accented_tokenizer()
+    merges = dict(tok.merges)
+    vocab = _vocab(merges)
+    cases = [tok.encode(t) for t in ("café naïve", "déjà vu 🎭", "the end", "")]
+    cases += [[i] for i in range(256, 256 + len(merges)) if not _whole(vocab[i])][:2]
+    cases.append(list("🎭".encode())[:2])  # a character cut short: not valid UTF-8
+    for ids in cases:
+        want = b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+        try:
+            got = call(fn, list(ids), dict(merges))
+        except UnicodeDecodeError:
             return (
-                f"on {ids} you stepped two at a time: pairs overlap, (a, b) and (b, c) both "
-                "count, so step one position at a time"
+                f"decoding {ids} raised UnicodeDecodeError: ids can end inside a character (a "
+                "model may generate any id), so decode with errors='replace', which writes � "
+                "for the broken bytes"
             )
-        if got != want:
-            missing = {p: n for p, n in want.items() if got.get(p) != n}
-            pair, n = next(iter(missing.items())) if missing else (None, None)
-            if pair is None:
-                return f"on {ids} you count pairs that don't occur: {set(got) - set(want)}"
-            last = tuple(ids[-2:])
-            if pair == last and got.get(pair, 0) == n - 1:
-                return f"on {ids} you missed the last pair {last}: loop up to len(ids) - 1"
-            return f"on {ids} the pair {pair} occurs {n} times, your function says {got.get(pair)}"
+        if isinstance(got, bytes):
+            return "that returns the bytes: turn them into text with .decode('utf-8', ...)"
+        if not isinstance(got, str):
+            return f"return the text, a str, got {type(got).__name__}"
+        if got == want:
+            continue
+        if got == b"".join(vocab[i] for i in ids).decode("utf-8", errors="ignore"):
+            return (
+                f"on {ids} the broken bytes vanished: errors='ignore' drops them silently; "
+                "errors='replace' shows each as �, so a reader sees that something was cut"
+            )
+        per_token = "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)
+        if got == per_token:
+            return (
+                f"on {ids} you decoded each token on its own: a token may hold half of a "
+                "character's bytes (é is 2 bytes, 🎭 is 4), so join all the bytes first and "
+                f"decode once (expected {want!r}, got {got!r})"
+            )
+        swapped = {i: bytes([i]) for i in range(256)}
+        for (a, b), new_id in merges.items():
+            swapped[new_id] = swapped[b] + swapped[a]
+        if got == b"".join(swapped[i] for i in ids).decode("utf-8", errors="replace"):
+            return (
+                f"on {ids} the parts of a merge are joined the wrong way round: the merge "
+                "(a, b) stands for a's bytes, then b's"
+            )
+        return f"the ids {ids} should decode to {want!r}, got {got!r}"
     return None
 
 

@@ -15,63 +15,75 @@ def _table(n: int, dim: int, base: float = 10000.0, two: bool = True) -> tuple:
     return torch.sin(angle), torch.cos(angle)
 
 
-def _interleave(even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
-    return torch.stack([even, odd], dim=-1).flatten(-2).float()
+def _rotate(x: torch.Tensor, positions: torch.Tensor, two: bool = True, sign: float = 1.0,
+            halves: bool = False) -> torch.Tensor:  # fmt: skip
+    """RoPE of x (T, d) at ``positions`` (T,), right or with a typical mistake switched on."""
+    d = x.shape[-1]
+    i = torch.arange(0, d, 2, dtype=torch.float64) if two else torch.arange(d // 2).double()
+    angle = positions.double()[:, None] / 10000.0 ** (i / d)  # (T, d/2)
+    cos, sin = angle.cos(), sign * angle.sin()
+    x = x.double()
+    a, b = (x[:, : d // 2], x[:, d // 2 :]) if halves else (x[:, 0::2], x[:, 1::2])
+    first, second = a * cos - b * sin, a * sin + b * cos
+    if halves:
+        return torch.cat([first, second], dim=-1).float()
+    return torch.stack([first, second], dim=-1).flatten(-2).float()
 
 
-def _mistakes(n: int, dim: int) -> dict[str, torch.Tensor]:
-    sin, cos = _table(n, dim)
-    return {
-        "sine and cosine are swapped: sine goes on the even dims (0, 2, ...), cosine on the odd":
-            _interleave(cos, sin),
-        "the exponent is missing its factor 2: the pair (2i, 2i+1) uses base^(2i/dim), "
-        "so step i by 2 (torch.arange(0, dim, 2)) or write 2 * i":
-            _interleave(*_table(n, dim, two=False)),
-        "the base is not 10000: Vaswani et al. use wavelengths up to 10000 · 2π":
-            _interleave(*_table(n, dim, base=1000.0)),
-        "you added sin and cos of the same angle: keep them in separate dims, the sum "
-        "sqrt(2)·sin(θ + π/4) loses the angle":
-            _interleave(sin + cos, sin + cos),
-        "sines fill the first half and cosines the second: interleave them (even dims sin, "
-        "odd dims cos), the layout of the paper and of course_lib":
-            torch.cat([sin, cos], dim=-1).float(),
-        "the frequencies are inverted: divide the position by base^(2i/dim), don't multiply":
-            _interleave(*[f(torch.arange(n, dtype=torch.float64)[:, None]
-                            * 10000.0 ** (torch.arange(0, dim, 2).double() / dim))
-                          for f in (torch.sin, torch.cos)]),
-    }  # fmt: skip
+_ROPE_CASES = [(torch.arange(6), 8), (torch.tensor([0, 7, 3, 30, 100]), 16), (torch.tensor([5]), 4)]
 
 
 @checker(
-    "sinusoidal_encoding",
-    "Each pair of dimensions turns at its own speed: compute the angle of every position for "
-    "every pair at once; sines go in the even dimensions, cosines in the odd ones.",
-    "Build angle = pos / 10000 ** (2i / dim) with torch.arange, then fill pe[:, 0::2] with "
-    "sin(angle) and pe[:, 1::2] with cos(angle).",
+    "rotate_pairs",
+    "Each pair of dimensions (2i, 2i+1) of a vector is a point in a plane: turn it about the "
+    "origin by the angle that the sinusoidal table gives position p and pair i.",
+    "angle = positions[:, None] / 10000 ** (torch.arange(0, d, 2) / d); with a, b = x[:, 0::2], "
+    "x[:, 1::2]: the pair becomes (a cos - b sin, a sin + b cos), back in the even and odd dims.",
 )
-def check_sinusoidal_encoding(fn) -> str | None:
-    """Check ``fn(n_positions, dim) -> Tensor (n_positions, dim)``: the sinusoidal table."""
-    for n, dim in [(50, 16), (7, 4), (128, 64)]:
-        got = call(fn, n, dim)
-        if not isinstance(got, torch.Tensor):
-            return f"return a torch.Tensor, got {type(got).__name__}"
-        if tuple(got.shape) != (n, dim):
-            if tuple(got.shape) == (dim, n):
-                return f"shape {tuple(got.shape)} is transposed: one row per position, ({n}, {dim})"
-            want = f"({n}, {dim})"
-            return (
-                f"for n_positions={n}, dim={dim} the shape should be {want}, got {tuple(got.shape)}"
-            )
+def check_rotate_pairs(fn) -> str | None:
+    """Check ``fn(x (T, d), positions (T,)) -> (T, d)``: rotary position embedding (RoPE). Then
+    the experiment: a rotated query and key have a dot product that depends only on the distance
+    between their positions, which added positions do not give."""
+    g = torch.Generator().manual_seed(0)
+    for positions, d in _ROPE_CASES:
+        x = torch.randn(len(positions), d, generator=g)
+        got = call(fn, x.clone(), positions.clone())
+        want = _rotate(x, positions)
+        where = f"(x of shape {tuple(x.shape)}, positions {positions.tolist()})"
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"return the rotated vectors, shape {tuple(want.shape)}, got {shape} {where}"
         got = got.detach().float()
-        if torch.allclose(got, sinusoidal_encoding(n, dim), atol=1e-4):
+        if torch.allclose(got, want, atol=1e-4):
             continue
-        for message, wrong in _mistakes(n, dim).items():
+        pe = sinusoidal_encoding(int(positions.max()) + 1, d)[positions]
+        mistakes = {
+            "that turns each pair the other way (by -θ): the pair (a, b) becomes "
+            "(a cos θ - b sin θ, a sin θ + b cos θ)": _rotate(x, positions, sign=-1.0),
+            "the exponent is missing its factor 2: pair i turns at 10000^(-2i/d), as in the "
+            "sinusoidal table": _rotate(x, positions, two=False),
+            "that pairs dimension i with i + d/2 (the 'rotate half' layout of GPT-NeoX and of "
+            "Hugging Face's LLaMA): valid, but here the pairs are neighbours (2i, 2i+1), as in "
+            "section 3": _rotate(x, positions, halves=True),
+            "that adds the position's vector: RoPE rotates instead, which keeps every vector's "
+            "length": x + pe,
+            "that turns row t by the angles of position t: use the positions given, which need not "
+            "be 0, 1, 2, ...": _rotate(x, torch.arange(len(positions))),
+        }
+        for message, wrong in mistakes.items():
             if torch.allclose(got, wrong, atol=1e-4):
-                return message
-        bad = (got - sinusoidal_encoding(n, dim)).abs().argmax()
-        pos, d = divmod(int(bad), dim)
-        want = float(sinusoidal_encoding(n, dim)[pos, d])
-        return f"for dim={dim}, pe[{pos}, {d}] should be {want:.4f}, got {float(got[pos, d]):.4f}"
+                return f"{message} {where}"
+        return f"your output differs from RoPE's by up to {(got - want).abs().max():.3g} {where}"
+    q, k = torch.randn(2, 1, 16, generator=g)
+    starts = torch.tensor([0, 10, 50, 90])
+    rope = [float(call(fn, q, s[None]) @ call(fn, k, s[None] + 3).T) for s in starts]
+    pe = sinusoidal_encoding(100, 16)
+    added = [float((q + pe[s]) @ (k + pe[s + 3]).T) for s in starts]
+    print(f"q · k at distance 3, starting at positions {starts.tolist()}:")
+    print(f"  rotated (RoPE):    {[round(v, 3) for v in rope]}")
+    print(f"  positions added:   {[round(v, 3) for v in added]}")
+    if max(rope) - min(rope) > 1e-4 or max(added) - min(added) < 0.1:
+        return "the rotated dot products should not depend on where the pair starts"
     return None
 
 

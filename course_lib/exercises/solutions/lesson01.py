@@ -1,11 +1,12 @@
 """Solutions to the exercises of Lesson 01 (notebooks/01_tokenizer.ipynb)."""
 
 
-def pair_counts(ids: list[int]) -> dict[tuple[int, int], int]:
-    counts: dict[tuple[int, int], int] = {}
-    for pair in zip(ids, ids[1:]):  # neighbours overlap: (a, b), (b, c), ...
-        counts[pair] = counts.get(pair, 0) + 1
-    return counts
+def decode(ids: list[int], merges: dict[tuple[int, int], int]) -> str:
+    vocab = {i: bytes([i]) for i in range(256)}  # a byte's id stands for the byte
+    for (a, b), new_id in merges.items():  # in the order learned: a and b exist already
+        vocab[new_id] = vocab[a] + vocab[b]
+    data = b"".join(vocab[i] for i in ids)  # join first: a token may hold part of a character
+    return data.decode("utf-8", errors="replace")
 
 
 def encode_word(ids, merges):

@@ -3,14 +3,16 @@
 import torch
 
 
-def sinusoidal_encoding(n_positions: int, dim: int) -> torch.Tensor:
-    pos = torch.arange(n_positions).float()[:, None]  # (n_positions, 1)
-    two_i = torch.arange(0, dim, 2).float()  # 0, 2, 4, ...: the even dims
-    angle = pos / 10000 ** (two_i / dim)  # (n_positions, dim / 2)
-    pe = torch.zeros(n_positions, dim)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle)
-    return pe
+def rotate_pairs(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1]
+    two_i = torch.arange(0, d, 2).float()  # 0, 2, 4, ...: one angle per pair, as in section 3
+    angle = positions.float()[:, None] / 10000 ** (two_i / d)  # (T, d / 2)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    a, b = x[:, 0::2], x[:, 1::2]  # each pair (2i, 2i+1) is a point (a, b) in a plane
+    out = torch.empty_like(x)
+    out[:, 0::2] = a * cos - b * sin  # turned counter-clockwise by the angle
+    out[:, 1::2] = a * sin + b * cos
+    return out
 
 
 def dot_by_offset(pe, k):
