@@ -148,7 +148,10 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is None:
             return super().forward(x)
-        return torch.ops.quantized.linear_dynamic(x, self.packed)  # bias is packed with it
+        # x as 7-bit codes (reduce_range), as PyTorch's dynamic Linear does on x86: without
+        # AVX-512 VNNI, fbgemm adds products in pairs in an int16, which 8-bit codes overflow
+        # (255 * 127 * 2 > 32767) and 7-bit ones do not. The bias is packed with the weights.
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
 
     packed = None  # fbgemm's prepacked codes, while use_int8_kernel is on (never saved)
 
@@ -298,9 +301,11 @@ def use_int8_kernel(model: GPT, on: bool = True) -> GPT:
     """Run every ``Int8Linear`` of ``model`` through PyTorch's int8 kernel (fbgemm, on a CPU),
     with the same codes and row scales, instead of dequantizing to float32 and multiplying.
 
-    The kernel multiplies integers: it also rounds each input x to 8 bits (one scale a call,
-    "dynamic" quantization), which costs a little precision. Nothing saved changes: this is
-    a way of running the model, not a change of it (``on=False`` goes back). Changed in place.
+    The kernel multiplies integers: it also rounds each input x to 7 bits (one scale and zero
+    point a call, "dynamic" quantization), which costs a little precision. 7, not 8: fbgemm adds
+    8-bit products in pairs into an int16 that they overflow on CPUs without AVX-512 VNNI, and
+    7 bits give the same result on every x86 CPU. Nothing saved changes: this is a way of
+    running the model, not a change of it (``on=False`` goes back). Changed in place.
     """
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     if not layers:

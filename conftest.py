@@ -1,0 +1,64 @@
+"""Lessons 06 to 09 are tested under CPU kernels other than this machine's own.
+
+Floating-point results differ in the last bits between CPUs (AVX2 or AVX-512, FMA or not), and
+training grows those bits. The stored notebook outputs come from one machine; a learner's or a
+teacher's differs. So that the suite itself catches an output compared strictly that is not
+the same everywhere, the lessons that use trained weights run here with PyTorch's, MKL's and
+oneDNN's kernels forced one instruction set lower than this CPU's (AVX-512 -> AVX2, AVX2 ->
+no SIMD): their own training runs and every evaluation then round as another machine would.
+Lesson 05 trains the course model with this machine's own kernels, as a learner's would.
+
+``COURSE_OTHER_KERNELS=0`` runs every lesson with this machine's own kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+OTHER_KERNEL_LESSONS = ("06", "07", "08", "09")
+
+# One instruction set lower than the CPU's own, for each library that picks its kernels at run
+# time: ATen (PyTorch's own ops), MKL (matmuls), oneDNN.
+LOWER = {
+    "AVX512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+               "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "AVX2": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX",
+             "ONEDNN_MAX_CPU_ISA": "AVX"},
+}  # fmt: skip
+
+
+def other_kernels() -> dict[str, str]:
+    """The environment that forces other kernels ({} where there is nothing lower, or when
+    ``COURSE_OTHER_KERNELS=0``)."""
+    if os.environ.get("COURSE_OTHER_KERNELS", "1") == "0":
+        return {}
+    return LOWER.get(torch.backends.cpu.get_cpu_capability(), {})
+
+
+OTHER = other_kernels()
+NATIVE = {name: os.environ.get(name) for name in OTHER}
+
+
+def pytest_report_header(config) -> str:
+    own = torch.backends.cpu.get_cpu_capability()
+    if not OTHER:
+        return f"CPU kernels: {own} for every lesson (nothing lower to force, or switched off)"
+    forced = " ".join(f"{k}={v}" for k, v in OTHER.items())
+    return f"CPU kernels: {own}; lessons {', '.join(OTHER_KERNEL_LESSONS)} under {forced}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before a notebook's kernel starts (nbval starts one per notebook, in its first cell's
+    set-up), set or restore the environment it inherits."""
+    forced = item.path.suffix == ".ipynb" and item.path.name[:2] in OTHER_KERNEL_LESSONS
+    for name, value in OTHER.items():
+        if forced:
+            os.environ[name] = value
+        elif NATIVE[name] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = NATIVE[name]
