@@ -8,12 +8,21 @@ oneDNN's kernels forced one instruction set lower than this CPU's (AVX-512 -> AV
 no SIMD): their own training runs and every evaluation then round as another machine would.
 Lesson 05 trains the course model with this machine's own kernels, as a learner's would.
 
+Forcing costs time only where nothing is lower than AVX2 but no SIMD (PyTorch's plain C++
+kernels: lessons 06 to 09 about 1.4 times slower). So a notebook runs forced only when its
+outputs were stored under this machine's own capability (``course.py --save`` records it in the
+notebook's metadata, ``course.cpu_capability``): stored under another, its outputs already come
+from other kernels than this machine's, and the native run is the test, at no cost.
+
 ``COURSE_OTHER_KERNELS=0`` runs every lesson with this machine's own kernels.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,23 +47,39 @@ def other_kernels() -> dict[str, str]:
     return LOWER.get(torch.backends.cpu.get_cpu_capability(), {})
 
 
+OWN = torch.backends.cpu.get_cpu_capability()
 OTHER = other_kernels()
 NATIVE = {name: os.environ.get(name) for name in OTHER}
 
 
+@functools.cache
+def stored_with(notebook: Path) -> str | None:
+    """The CPU capability a notebook's outputs were stored under (None: not recorded)."""
+    meta = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {})
+    return meta.get("course", {}).get("cpu_capability")
+
+
+def runs_forced(notebook: Path) -> bool:
+    """Whether a notebook runs under the other kernels (see the module's docstring)."""
+    lesson = notebook.suffix == ".ipynb" and notebook.name[:2] in OTHER_KERNEL_LESSONS
+    return lesson and bool(OTHER) and stored_with(notebook) in (None, OWN)
+
+
 def pytest_report_header(config) -> str:
-    own = torch.backends.cpu.get_cpu_capability()
     if not OTHER:
-        return f"CPU kernels: {own} for every lesson (nothing lower to force, or switched off)"
+        return f"CPU kernels: {OWN} for every lesson (nothing lower to force, or switched off)"
     forced = " ".join(f"{k}={v}" for k, v in OTHER.items())
-    return f"CPU kernels: {own}; lessons {', '.join(OTHER_KERNEL_LESSONS)} under {forced}"
+    return (
+        f"CPU kernels: {OWN}; lessons {', '.join(OTHER_KERNEL_LESSONS)} under {forced} where "
+        f"their outputs were stored under {OWN}, natively where under other kernels"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
     """Before a notebook's kernel starts (nbval starts one per notebook, in its first cell's
     set-up), set or restore the environment it inherits."""
-    forced = item.path.suffix == ".ipynb" and item.path.name[:2] in OTHER_KERNEL_LESSONS
+    forced = runs_forced(item.path)
     for name, value in OTHER.items():
         if forced:
             os.environ[name] = value

@@ -99,6 +99,7 @@ def _coalesce_streams(outputs: list) -> list:
 def run_notebooks(only: list[str], save: bool) -> None:
     """Execute notebooks top to bottom in fresh kernels (inside .venv), timing each."""
     import nbformat
+    import torch
     from nbclient import NotebookClient
 
     total = time.perf_counter()
@@ -114,6 +115,9 @@ def run_notebooks(only: list[str], save: bool) -> None:
         ).execute()
         print(f"{time.perf_counter() - start:6.1f} s", flush=True)
         if save:
+            # Which CPU kernels rounded these outputs: the suite re-runs the lessons that use
+            # trained weights under other kernels than those (conftest.py).
+            nb.metadata["course"] = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
             for cell in nb.cells:  # one output per stream, however the kernel chunked it
                 if cell.cell_type == "code":
                     cell.outputs = _coalesce_streams(cell.outputs)

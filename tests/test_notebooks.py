@@ -1,5 +1,6 @@
 """Notebooks are stored as a clean top-to-bottom run left them (nbval compares against it)."""
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -119,3 +120,36 @@ def test_decimals_compared_strictly_are_the_same_on_every_machine(path):
         f"in SAME_ON_EVERY_MACHINE): {unexplained}"
     )
     assert set(named) <= set(strict), "a cell named here is gone or tagged: update the table"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[5:], ids=lambda p: p.name)
+def test_stored_outputs_say_which_cpu_kernels_rounded_them(path):
+    # conftest.py re-runs Lessons 06 to 09 under other kernels than these; course.py --save
+    # records them.
+    meta = json.loads(path.read_text())["metadata"]
+    assert meta.get("course", {}).get("cpu_capability") in {"DEFAULT", "AVX2", "AVX512"}, (
+        "re-store with python3 course.py --headless --save, which records the CPU capability"
+    )
+
+
+def test_lessons_run_under_other_kernels_where_stored_under_this_machines(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "root_conftest", NOTEBOOKS[0].parents[1] / "conftest.py"
+    )
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    monkeypatch.setattr(kernels, "OWN", "AVX2")
+    monkeypatch.setattr(kernels, "OTHER", {"ATEN_CPU_CAPABILITY": "default"})
+
+    def notebook(name, capability):
+        path = tmp_path / name
+        meta = {"course": {"cpu_capability": capability}} if capability else {}
+        path.write_text(json.dumps({"cells": [], "metadata": meta}))
+        return path
+
+    assert kernels.runs_forced(notebook("07_a.ipynb", "AVX2"))  # stored under these kernels
+    assert kernels.runs_forced(notebook("08_b.ipynb", None))  # not recorded: force, to be safe
+    assert not kernels.runs_forced(notebook("06_c.ipynb", "AVX512"))  # already other kernels
+    assert not kernels.runs_forced(notebook("05_d.ipynb", "AVX2"))  # trains the course model
+    monkeypatch.setattr(kernels, "OTHER", {})  # nothing lower, or COURSE_OTHER_KERNELS=0
+    assert not kernels.runs_forced(notebook("09_e.ipynb", "AVX2"))
