@@ -225,22 +225,43 @@ def load_splits(
 
 def read_text(path: str | Path) -> str:
     """A learner's own text file, read as UTF-8; a missing, non-UTF-8 or empty file is named
-    with the fix."""
+    with the fix. A byte-order mark at the start is dropped and Windows' (or old Macs') line
+    ends become ``\n``, said once on stderr: the text the model sees is the same either way."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"text file {path} does not exist") from None
     except UnicodeDecodeError as err:
-        byte = err.object[err.start]
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte 0x{byte:02x} at byte offset {err.start}). Convert "
-            f"it, e.g. from Latin-1: `iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8.txt`, "
-            f"or re-save it as UTF-8 (most editors offer this under 'Save as')."
-        ) from None
+        raise ValueError(_not_utf8(path, err.object[err.start], err.start)) from None
+    fixed = []
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        fixed.append("dropped the byte-order mark at its start")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        fixed.append("turned its Windows line ends (\\r\\n) into \\n")
+    if fixed:
+        print(f"{path}: {' and '.join(fixed)}", file=sys.stderr)
     if not text.strip():
         raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")
     return text
+
+
+def _not_utf8(path: Path, byte: int, offset: int) -> str:
+    """The error for a file that is not UTF-8, with the likeliest encoding to convert from."""
+    where = f"{path} is not UTF-8 text (byte 0x{byte:02x} at byte offset {offset})."
+    fix = "or re-save it as UTF-8 (most editors offer this under 'Save as')."
+    if 0x80 <= byte <= 0x9F:  # Windows' curly quotes and dashes; control characters in Latin-1
+        return (
+            f"{where} Bytes 0x80 to 0x9f are Windows' curly quotes and dashes: convert it from "
+            f"cp1252, `iconv -f cp1252 -t utf-8 {path} > {path.stem}-utf8.txt` (from latin1 they "
+            f"would become invisible control characters), {fix}"
+        )
+    return (
+        f"{where} Convert it, e.g. from Latin-1: `iconv -f latin1 -t utf-8 {path} > "
+        f"{path.stem}-utf8.txt`, {fix}"
+    )
 
 
 def _split_own_text(path: Path, val_fraction: float) -> Splits:

@@ -183,6 +183,10 @@ def test_own_text_file_splits_at_a_line_break(tmp_path):
             b"caf\xe9 latin-1",
             "not UTF-8 text \\(byte 0xe9 at byte offset 3\\)\\. Convert it.*iconv -f latin1",
         ),
+        (  # Windows' curly quotes: cp1252, which latin1 would turn into control characters
+            "\u201cFair\u201d is foul".encode("cp1252"),
+            "byte 0x93 at byte offset 0\\)\\. Bytes 0x80 to 0x9f .*iconv -f cp1252 -t utf-8",
+        ),
     ],
 )
 def test_own_text_file_errors_name_the_problem(tmp_path, content, message):
@@ -190,6 +194,21 @@ def test_own_text_file_errors_name_the_problem(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         data.load_splits(path)
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_normalised_and_said(tmp_path, capsys):
+    text = "Shall I compare thee\nto a summer's day?\n" * 50
+    windows = tmp_path / "windows.txt"
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    unix = tmp_path / "unix.txt"
+    unix.write_text(text, encoding="utf-8")
+    assert data.read_text(windows) == text
+    said = capsys.readouterr().err
+    assert "dropped the byte-order mark" in said and "Windows line ends" in said
+    assert data.load_splits(windows).text("val") == data.load_splits(unix).text("val")
+    capsys.readouterr()
+    data.read_text(unix)
+    assert capsys.readouterr().err == ""  # nothing to say about a plain UTF-8 file
 
 
 def test_missing_own_text_file_is_named(tmp_path):
