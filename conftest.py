@@ -29,6 +29,7 @@ import torch
 
 OTHER_KERNEL_LESSONS = ("06", "07", "08", "09")
 
+OWN = torch.backends.cpu.get_cpu_capability()  # this CPU's, or what ATEN_CPU_CAPABILITY forces
 # One instruction set lower than the CPU's own, for each library that picks its kernels at run
 # time: ATen (PyTorch's own ops), MKL (matmuls), oneDNN.
 LOWER = {
@@ -44,10 +45,9 @@ def other_kernels() -> dict[str, str]:
     ``COURSE_OTHER_KERNELS=0``)."""
     if os.environ.get("COURSE_OTHER_KERNELS", "1") == "0":
         return {}
-    return LOWER.get(torch.backends.cpu.get_cpu_capability(), {})
+    return LOWER.get(OWN, {})
 
 
-OWN = torch.backends.cpu.get_cpu_capability()
 OTHER = other_kernels()
 NATIVE = {name: os.environ.get(name) for name in OTHER}
 

@@ -226,7 +226,7 @@ def load_splits(
 def read_text(path: str | Path) -> str:
     """A learner's own text file, read as UTF-8; a missing, non-UTF-8 or empty file is named
     with the fix. A byte-order mark at the start is dropped and Windows' (or old Macs') line
-    ends become ``\n``, said once on stderr: the text the model sees is the same either way."""
+    ends become ``\n``, said on stderr: the text the model sees is the same either way."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
