@@ -11,6 +11,7 @@ A checkpoint is a folder of plain files, nothing pickled, so loading one runs no
       tokenizer.json           the tokenizer (Hugging Face format), when one was given
       train_state.safetensors  optimizer moments and step, RNG states (uint8), for exact resume
       train_state.json         the step, elapsed seconds, python's random state, optimizer settings
+      best/                    a run with keep_best: the checkpoint of lowest validation loss
 
 A changed model (LoRA adapters, quantized layers, pruned heads: ``course_lib.changes``) records
 its changes in config.json; loading builds ``GPT(config)``, replays them, and only then loads
@@ -19,7 +20,9 @@ the weights, checking every name, shape and dtype: an int8 tensor is never cast 
 It is written atomically: everything goes into a sibling folder ``course.tmp-<pid>``, is flushed
 to disk, and only then replaces ``course`` (``files.fresh_folder`` / ``files.swap_in``). A crash
 while saving leaves the previous checkpoint as it was; a crash between the two renames of the
-swap is finished by the next reader (``files.recover``).
+swap is finished by the next reader (``files.recover``). ``best/`` is a checkpoint folder of
+its own, written the same way; saving the last one carries it over (hard links, no copy), so
+a kill at any moment leaves both.
 
     >>> from course_lib.checkpoint import load_checkpoint, save_checkpoint
     >>> save_checkpoint("runs/tiny", model, tokenizer)          # doctest: +SKIP
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +63,7 @@ from course_lib.train_state import (
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
+BEST = "best"  # the subfolder where a run with keep_best keeps its lowest-val-loss checkpoint
 FORMAT = "course_lib checkpoint"
 VERSION = 2  # 1: no "changes" and no "run" in config.json (read as none)
 T = TypeVar("T")
@@ -76,7 +82,8 @@ class Checkpoint:
     """What ``load_checkpoint`` returns. ``train_config`` is the TrainConfig as saved, a dict
     (``TrainConfig(**ckpt.train_config)`` rebuilds it); ``run`` says what the run trained with
     (loss, batches, trainable parameters); tokenizer, train state and run may be None. The
-    model's changes are ``ckpt.model.changes``."""
+    model's changes are ``ckpt.model.changes``. ``which`` is "last" or "best" (the folder's
+    ``best/``, kept by a run with keep_best)."""
 
     path: Path
     model: GPT
@@ -85,6 +92,7 @@ class Checkpoint:
     train_state: TrainState | None
     train_config: dict | None
     run: dict | None = None
+    which: str = "last"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,12 +107,14 @@ def save_checkpoint(
     train_state: TrainState | None = None,
     train_config: Any = None,
     run: dict | None = None,
+    keep: tuple[str, ...] = (),
 ) -> Path:
     """Write ``model`` (and whatever else is given) as the checkpoint folder ``path``, atomically.
 
     ``optimizer`` is stored with ``train_state`` (which says at which step it is); pass both to
     be able to resume. ``train_config`` is a dataclass (TrainConfig) or a dict; ``run`` a dict
-    of what the run trained with (``train`` fills it). Returns ``path``.
+    of what the run trained with (``train`` fills it). ``keep`` names subfolders of the
+    checkpoint now at ``path`` to carry into the new one (``("best",)``). Returns ``path``.
     """
     path = Path(path)
     config = getattr(model, "config", None)
@@ -120,6 +130,11 @@ def save_checkpoint(
     recover(path, CONFIG)
     tmp = fresh_folder(path)
     try:
+        for name in keep:  # hard links: the old folder goes, the files stay, nothing copied
+            old = path / name
+            recover(old, CONFIG)
+            if old.is_dir():
+                shutil.copytree(old, tmp / name, copy_function=_link_or_copy)
         # The folder is swapped in whole, so its files need no atomic writes of their own, only
         # a flush to the disk. safetensors stores each shared (tied) tensor once.
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
@@ -137,7 +152,7 @@ def save_checkpoint(
             "train": train_config,
             "run": run,
         }
-        for file in tmp.iterdir():
+        for file in tmp.rglob("*"):
             fsync(file)
         # config.json last: a folder that has it is complete (what files.recover relies on).
         write_atomic(tmp / CONFIG, _json(meta))
@@ -150,6 +165,13 @@ def save_checkpoint(
     for stale in [*path.parent.glob(f"{path.name}.tmp-*"), *path.parent.glob(f"{path.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # leftovers of saves killed before this one
     return path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 def _json(obj: Any) -> bytes:
@@ -167,13 +189,44 @@ def checkpoint_exists(path: str | Path) -> bool:
     return (path / WEIGHTS).is_file()
 
 
-@_retry
-def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device | None = None, which: str | None = None
+) -> Checkpoint:
     """Read the checkpoint folder ``path``: the model (changes replayed, in eval mode), its
     config, tokenizer, training state and run. ``device=None`` keeps the weights on the CPU,
     where any device can take them (``model.to(get_device())`` moves them). Never unpickles:
     safetensors and JSON only.
+
+    A run trained with keep_best holds two models: the last (``path`` itself, which resume
+    continues) and the one of lowest validation loss (``path/best``). ``which`` is "best" or
+    "last"; None loads the best where there is one, and says so on stderr when it is not
+    also the last.
     """
+    if which not in (None, "best", "last"):
+        raise ValueError(f"which must be 'best', 'last' or None (the best if kept), got {which!r}")
+    path = Path(path)
+    has_best = path.name != BEST and checkpoint_exists(path / BEST)
+    if which == "best" and not has_best:
+        raise CheckpointError(
+            f"{path} has no {BEST}/ checkpoint: its run did not keep one (TrainConfig("
+            f"keep_best=True) does). Load the last one, which='last'"
+        )
+    if which == "last" or not has_best:
+        return _load(path, device)
+    ckpt = _load(path / BEST, device)
+    ckpt.which = BEST
+    if which is None:
+        state = ckpt.train_state
+        last = load_train_state(path) if checkpoint_exists(path) else None
+        if last is None or last.step != state.step:  # a choice was made: say which
+            also = "" if last is None else f" (the last is step {last.step}: which='last')"
+            print(f"{path}: loaded the best checkpoint, step {state.step}, validation loss "
+                  f"{state.best_val_loss:.4f}{also}", file=sys.stderr)  # fmt: skip
+    return ckpt
+
+
+@_retry
+def _load(path: str | Path, device: str | torch.device | None) -> Checkpoint:
     folder = _check_folder(Path(path))
     meta = read_meta(folder)
     config = GPTConfig(**meta["model"])
@@ -201,9 +254,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     return Checkpoint(folder, model, config, tokenizer, state, meta.get("train"), meta.get("run"))
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None) -> GPT:
-    """Just the model of a checkpoint folder, in eval mode."""
-    return load_checkpoint(path, device).model
+def load_model(
+    path: str | Path, device: str | torch.device | None = None, which: str | None = None
+) -> GPT:
+    """Just the model of a checkpoint folder, in eval mode (``which``: as ``load_checkpoint``)."""
+    return load_checkpoint(path, device, which).model
 
 
 def load_weights(

@@ -107,7 +107,10 @@ class TrainConfig:
     (with a checkpoint) while keeping the schedule of max_steps, so a resumed run goes on where
     an uninterrupted one would be; max_minutes does the same after that much wall-clock time.
     Weight decay pulls the base model's matrices towards 0; the matrices a change added (LoRA's
-    A and B, a classifier head) are decayed only with decay_added=True.
+    A and B, a classifier head) are decayed only with decay_added=True. keep_best keeps, beside
+    the last checkpoint (which resume needs), the one of the lowest validation loss so far in
+    ``<checkpoint_dir>/best``; patience stops a run whose validation loss has not gone below its
+    best for that many evaluations (early stopping).
     """
 
     batch_size: int = _opt(32, "examples per step (token windows by default)")
@@ -127,6 +130,8 @@ class TrainConfig:
     checkpoint_dir: str | Path | None = _opt(None, "the checkpoint folder")  # noqa: RUF009
     checkpoint_interval: int = _opt(500, "save a checkpoint every N steps (and at the end)")
     max_minutes: float | None = _opt(None, "stop (with a checkpoint) after this many minutes")
+    keep_best: bool = _opt(False, "also keep the lowest-val-loss checkpoint, <checkpoint>/best")
+    patience: int | None = _opt(None, "stop after N evaluations without a lower val loss")
     stop_at_step: int | None = _opt(None, "stop early at this step, keeping the schedule")
     device: str | None = _opt(None, "cpu, cuda or mps (default: the best there is)")
     compile: bool = _opt(False, "torch.compile the model (slower for course-sized runs)")
@@ -170,6 +175,13 @@ class TrainConfig:
             raise ValueError(
                 f"min_lr={self.min_lr} must be between 0 and lr={self.lr}: the schedule decays "
                 f"from lr down to min_lr (lr / 10 is usual)"
+            )
+        if self.patience is not None:
+            _check_positive("patience", self.patience)
+        if self.keep_best and self.checkpoint_dir is None:
+            raise ValueError(
+                "keep_best=True keeps the best checkpoint in <checkpoint_dir>/best: give "
+                "checkpoint_dir, the folder to train into"
             )
         if self.max_minutes is not None and self.max_minutes < 0:
             raise ValueError(f"max_minutes={self.max_minutes}, expected >= 0 (or None)")

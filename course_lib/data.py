@@ -20,7 +20,8 @@ The splits, fixed so every number in the course is comparable:
     >>> splits.val["macbeth"].title, splits.val["macbeth"].kind
     ('Macbeth', 'tragedy')
 
-A learner's own UTF-8 text file works everywhere the corpus does: ``load_splits("my.txt")``.
+A learner's own UTF-8 text works everywhere the corpus does: ``load_splits("my.txt")``, or a
+folder of files (``course_lib.own_text`` reads and splits it).
 """
 
 from __future__ import annotations
@@ -203,17 +204,20 @@ def _is_intact(out: Path) -> bool:
 
 
 def load_splits(
-    text_file: str | Path | None = None,
+    text_file: str | Path | list[str | Path] | None = None,
     data_dir: str | Path | None = None,
     val_fraction: float = 0.1,
 ) -> Splits:
     """The corpus split into train / val / finetune (prepared on first use).
 
-    With ``text_file``, a learner's own UTF-8 text stands in for the corpus: its last
-    ``val_fraction`` (cut at a line break) is ``val``, the rest ``train``; ``finetune`` is empty.
+    With ``text_file`` (a file, a folder of files, or a list of files), a learner's own UTF-8
+    text stands in for the corpus: ``own_text.load_text`` splits it (a single file: its last
+    ``val_fraction``, cut at a line break, is ``val``, the rest ``train``); ``finetune`` is empty.
     """
     if text_file is not None:
-        return _split_own_text(Path(text_file), val_fraction)
+        from course_lib.own_text import load_text  # it builds on this module's Splits
+
+        return load_text(text_file, val_fraction)
     out = prepare_corpus(data_dir, quiet=True)
     manifest = json.loads((out / "manifest.json").read_text())["works"]
     parts: dict[str, dict[str, Work]] = {"train": {}, "val": {}, "finetune": {}}
@@ -221,67 +225,6 @@ def load_splits(
         text = (out / "works" / f"{name}.txt").read_text(encoding="ascii")
         parts[w["split"]][name] = Work(name, w["title"], w["kind"], w["split"], text)
     return Splits(**parts)
-
-
-def read_text(path: str | Path) -> str:
-    """A learner's own text file, read as UTF-8; a missing, non-UTF-8 or empty file is named
-    with the fix. A byte-order mark at the start is dropped and Windows' (or old Macs') line
-    ends become ``\n``, said on stderr: the text the model sees is the same either way."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"text file {path} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(_not_utf8(path, err.object[err.start], err.start)) from None
-    fixed = []
-    if text.startswith("\ufeff"):
-        text = text[1:]
-        fixed.append("dropped the byte-order mark at its start")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        fixed.append("turned its Windows line ends (\\r\\n) into \\n")
-    if fixed:
-        print(f"{path}: {' and '.join(fixed)}", file=sys.stderr)
-    if not text.strip():
-        raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")
-    return text
-
-
-def _not_utf8(path: Path, byte: int, offset: int) -> str:
-    """The error for a file that is not UTF-8, with the likeliest encoding to convert from."""
-    where = f"{path} is not UTF-8 text (byte 0x{byte:02x} at byte offset {offset})."
-    fix = "or re-save it as UTF-8 (most editors offer this under 'Save as')."
-    if 0x80 <= byte <= 0x9F:  # Windows' curly quotes and dashes; control characters in Latin-1
-        return (
-            f"{where} Bytes 0x80 to 0x9f are Windows' curly quotes and dashes: convert it from "
-            f"cp1252, `iconv -f cp1252 -t utf-8 {path} > {path.stem}-utf8.txt` (from latin1 they "
-            f"would become invisible control characters), {fix}"
-        )
-    return (
-        f"{where} Convert it, e.g. from Latin-1: `iconv -f latin1 -t utf-8 {path} > "
-        f"{path.stem}-utf8.txt`, {fix}"
-    )
-
-
-def _split_own_text(path: Path, val_fraction: float) -> Splits:
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    text = read_text(path)
-    cut = int(len(text) * (1 - val_fraction))
-    newline = text.rfind("\n", 0, cut)
-    cut = newline + 1 if newline > 0 else cut
-    if cut <= 0 or cut >= len(text):
-        raise ValueError(
-            f"{path} is too short to split into train and val ({len(text)} "
-            "characters): give a longer text."
-        )
-    name = path.stem
-
-    def work(split: str, part: str) -> dict[str, Work]:
-        return {name: Work(name, path.name, "text", split, part)}
-
-    return Splits(work("train", text[:cut]), work("val", text[cut:]), {})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ def evaluate_all(model: nn.Module, tokens: Tensor, block_size: int, batch_size: 
     return total / n
 
 
+def unigram_loss(train_tokens: Tensor, val_tokens: Tensor, vocab_size: int) -> float:
+    """Held-out loss (nats per token) of the model that knows only how often each token occurs
+    in ``train_tokens`` (N,), add-one smoothed: the baseline every trained model must beat
+    (Lesson 05 derives it), scored on ``val_tokens`` (M,)."""
+    counts = torch.bincount(train_tokens.long(), minlength=vocab_size).double() + 1
+    return -(counts / counts.sum()).log()[val_tokens.long()].mean().item()
+
+
 def bits_per_char(loss_nats_per_token: float, n_tokens: int, n_chars: int) -> float:
     """A loss in nats per token as bits per character, which compares across tokenizers.
 

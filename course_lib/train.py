@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
 from course_lib import distributed
 from course_lib.checkpoint import (
+    BEST,
     TOKENIZER,
     CheckpointError,
     checkpoint_exists,
@@ -74,10 +76,12 @@ class TrainResult:
     step: int  # optimizer updates done
     train_loss: float | None
     val_loss: float | None
-    stopped: str  # "max_steps", "stop_at_step" or "max_minutes"
+    stopped: str  # "max_steps", "stop_at_step", "max_minutes" or "patience"
     elapsed_s: float  # training seconds, over every resumed part of the run
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)  # the metrics log, one dict per step
+    best_step: int | None = None  # the evaluation of lowest val loss (kept with keep_best)
+    best_val_loss: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +165,11 @@ def train(
     for bit on a CPU. The metrics log is cut back to the checkpoint's step. A checkpoint of
     another model or another kind of run (loss, batches, trainable parameters) is refused.
 
+    ``keep_best`` also keeps the checkpoint of lowest validation loss, ``checkpoint_dir/best``
+    (``load_checkpoint`` loads it by default); ``patience`` stops the run (``stopped ==
+    "patience"``) after that many evaluations without a lower one. A validation loss above the
+    best is said once, when the progress is shown: the model has begun to overfit.
+
     A loss that becomes nan or inf stops training with FloatingPointError naming the step; the
     last checkpoint saved is the last good one.
     """
@@ -192,6 +201,9 @@ def train(
         state = None
         if resume:
             state = _resume(model, optimizer, generator, ckpt, procs.rank, run)
+        if state is None and ckpt is not None and procs.rank == 0:
+            shutil.rmtree(ckpt / BEST, ignore_errors=True)  # an earlier run's, in this folder
+        best = Best(state.best_step, state.best_val_loss) if state else Best()
         if state and tokenizer is None and (ckpt / TOKENIZER).is_file():
             tokenizer = BPETokenizer.load(ckpt / TOKENIZER)  # keep it in the checkpoints to come
         start = state.step if state else 0
@@ -206,20 +218,39 @@ def train(
         bar = _progress_bar(config, start, procs.rank)
         t0 = time.perf_counter()
 
+        def snapshot(step: int) -> TrainState:
+            elapsed = elapsed_before + time.perf_counter() - t0
+            return TrainState.capture(step, generator, elapsed, best.step, best.val_loss)
+
         def save(step: int) -> int:
             if ckpt is not None and procs.rank == 0:
-                elapsed = elapsed_before + time.perf_counter() - t0
-                snapshot = TrainState.capture(step, generator, elapsed)
-                save_checkpoint(ckpt, model, tokenizer, optimizer, snapshot, config, run)
+                keep = (BEST,) if config.keep_best else ()
+                save_checkpoint(ckpt, model, tokenizer, optimizer, snapshot(step), config, run,
+                                keep=keep)  # fmt: skip
             return step
 
+        def evaluated(step: int) -> dict[str, float]:
+            losses = _evaluate_splits(model, draw, config, loss_fn, bar, step)
+            bar_or_none = bar if config.progress else None
+            new_best = best.update(step, losses["val_loss"], bar_or_none, config.keep_best)
+            if new_best and config.keep_best:
+                save_checkpoint(ckpt / BEST, model, tokenizer, None, snapshot(step), config, run)
+            return losses
+
         step = start
+        last_eval: dict[str, Any] = {}
         model.train()
         try:
             while (stopped := _stop_reason(config, step, t0, procs)) is None:
                 entry: dict[str, Any] = {"step": step}
                 if step % config.eval_interval == 0 and procs.rank == 0:
-                    entry.update(_evaluate_splits(model, draw, config, loss_fn, bar, step))
+                    last_eval = {"step": step, **evaluated(step)}
+                    entry.update(last_eval)
+                if config.patience is not None and procs.rank0_says(
+                    best.waited(step, config.eval_interval) >= config.patience
+                ):
+                    stopped = "patience"  # this step's evaluation is the run's last
+                    break
                 lr = lr_at(step, config.lr, config.min_lr, config.warmup_steps, config.max_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -245,7 +276,7 @@ def train(
 
             final: dict[str, Any] = {"step": step}
             if procs.rank == 0:
-                final.update(_evaluate_splits(model, draw, config, loss_fn, bar, step))
+                final.update(last_eval if last_eval.get("step") == step else evaluated(step))
             final["tokens"] = step * tokens_per_step
             _record(history, log_path, final, elapsed_before + time.perf_counter() - t0)
             if last_saved != step:
@@ -263,7 +294,38 @@ def train(
         elapsed_s=elapsed_before + time.perf_counter() - t0,
         checkpoint=ckpt if procs.rank == 0 else None,
         history=history,
+        best_step=best.step,
+        best_val_loss=best.val_loss,
     )
+
+
+@dataclass
+class Best:
+    """The evaluation of lowest validation loss so far: what keep_best keeps, what patience
+    counts from."""
+
+    step: int | None = None
+    val_loss: float | None = None
+    warned: bool = False
+
+    def update(self, step: int, val_loss: float, bar: tqdm | None, kept: bool) -> bool:
+        """Record an evaluation; True when it is a new best. Says once when it is well above
+        (by more than the 0.02 nats that evaluations of one model on other batches differ)."""
+        if self.val_loss is None or val_loss < self.val_loss:
+            self.step, self.val_loss = step, val_loss
+            return True
+        if bar is not None and not self.warned and val_loss > self.val_loss + 0.02:
+            self.warned = True
+            bar.write(
+                f"  validation loss {val_loss:.4f} is above its best, {self.val_loss:.4f} at "
+                f"step {self.step}: the model has begun to overfit; "
+                + ("that step is kept, in best/" if kept else "keep_best=True would keep it")
+            )
+        return False
+
+    def waited(self, step: int, eval_interval: int) -> int:
+        """Evaluations since the best one (patience's count), 0 before any."""
+        return 0 if self.step is None else (step - self.step) // eval_interval
 
 
 def _check_data(data: dict[str, Tensor | BatchSource]) -> None:

@@ -36,7 +36,9 @@ class TrainState:
     step: optimizer updates done (training resumes at this step); elapsed_s: training seconds so
     far; batch_rng: the state of the generator that draws the batches (where in the data we
     are); torch_rng, cuda_rng: PyTorch's global generators (dropout masks); python_rng:
-    ``random.getstate()``; optimizer: ``optimizer.state_dict()`` (AdamW's moments and step).
+    ``random.getstate()``; optimizer: ``optimizer.state_dict()`` (AdamW's moments and step);
+    best_step, best_val_loss: the evaluation of lowest validation loss so far (keep_best,
+    patience), None before the first.
     """
 
     step: int
@@ -46,13 +48,22 @@ class TrainState:
     cuda_rng: list[Tensor] = field(default_factory=list)  # one uint8 tensor per GPU
     python_rng: tuple | None = None
     optimizer: dict | None = None
+    best_step: int | None = None
+    best_val_loss: float | None = None
 
     @classmethod
     def capture(
-        cls, step: int, generator: torch.Generator | None = None, elapsed_s: float = 0.0
+        cls,
+        step: int,
+        generator: torch.Generator | None = None,
+        elapsed_s: float = 0.0,
+        best_step: int | None = None,
+        best_val_loss: float | None = None,
     ) -> TrainState:
         """The random-number state of this process now, at ``step``, with the batch generator's."""
         return cls(
+            best_step=best_step,
+            best_val_loss=best_val_loss,
             step=step,
             elapsed_s=elapsed_s,
             batch_rng=None if generator is None else generator.get_state(),
@@ -103,6 +114,8 @@ def save_train_state(
         "cuda_devices": len(state.cuda_rng),
         "python_rng": None if py is None else [py[0], list(py[1]), py[2]],
         "optimizer": opt_json,
+        "best_step": state.best_step,
+        "best_val_loss": state.best_val_loss,
     }
     (folder / STATE_JSON).write_text(json.dumps(meta, indent=1))
 
@@ -119,6 +132,8 @@ def read_train_state(folder: Path) -> TrainState:
         torch_rng=tensors.get("rng.torch"),
         cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(meta.get("cuda_devices", 0))],
         python_rng=None if py is None else (py[0], tuple(py[1]), py[2]),
+        best_step=meta.get("best_step"),
+        best_val_loss=meta.get("best_val_loss"),
     )
     opt = meta.get("optimizer")
     if opt is not None:  # put the split optimizer state back together (see save_train_state)

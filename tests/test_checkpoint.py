@@ -202,6 +202,34 @@ def test_save_killed_while_writing_leaves_the_checkpoint_and_the_next_save_sweep
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
+def test_saving_the_last_carries_the_best_over_as_hard_links(tokenizer, tmp_path):
+    run = tmp_path / "run"
+    full_checkpoint(run, tokenizer, seed=0)
+    best = tiny_model(seed=1)
+    save_checkpoint(run / "best", best, tokenizer, None, TrainState(step=1, best_val_loss=5.0))
+    before = (run / "best" / "model.safetensors").stat().st_ino
+    last = tiny_model(seed=2)
+    save_checkpoint(run, last, tokenizer, keep=("best",))
+    assert (run / "best" / "model.safetensors").stat().st_ino == before  # linked, not copied
+    assert_same_weights(best, load_model(run))
+    assert_same_weights(last, load_model(run, which="last"))
+    save_checkpoint(run, last, tokenizer)  # nothing kept: a run without keep_best
+    assert not (run / "best").exists()
+
+
+def test_a_swap_of_the_best_cut_short_is_finished_on_load(tokenizer, tmp_path):
+    # A kill inside the best's swap: the old best renamed away, the new one complete under its
+    # temporary name. The last is untouched, and the new best is found.
+    run = tmp_path / "run"
+    full_checkpoint(run, tokenizer, seed=0)
+    full_checkpoint(run / "best", tokenizer, seed=1)
+    new = full_checkpoint(tmp_path / "new", tokenizer, seed=2)
+    os.replace(run / "best", run / "best.old-4242")
+    os.replace(tmp_path / "new", run / "best.tmp-4242")
+    assert_same_weights(new, load_checkpoint(run, which="best").model)
+    assert sorted(p.name for p in (run / "best").parent.iterdir() if p.is_dir()) == ["best"]
+
+
 # --- damage, explained ---------------------------------------------------------------------------
 
 

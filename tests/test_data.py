@@ -161,61 +161,6 @@ def test_leftovers_of_an_interrupted_run_do_not_matter(tmp_path, tarball):
     assert (out / "manifest.json").is_file()
 
 
-# --- a learner's own text ----------------------------------------------------------------------
-
-
-def test_own_text_file_splits_at_a_line_break(tmp_path):
-    path = tmp_path / "notes.txt"
-    path.write_text("".join(f"line {i} é\n" for i in range(100)), encoding="utf-8")
-    s = data.load_splits(path)
-    train, val = s.text("train"), s.text("val")
-    assert train + val == path.read_text(encoding="utf-8")
-    assert train.endswith("\n") and 0.08 < len(val) / (len(train) + len(val)) < 0.12
-    assert s.finetune == {}
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"", "is empty"),
-        (b"  \n\n ", "is empty"),
-        (
-            b"caf\xe9 latin-1",
-            "not UTF-8 text \\(byte 0xe9 at byte offset 3\\)\\. Convert it.*iconv -f latin1",
-        ),
-        (  # Windows' curly quotes: cp1252, which latin1 would turn into control characters
-            "\u201cFair\u201d is foul".encode("cp1252"),
-            "byte 0x93 at byte offset 0\\)\\. Bytes 0x80 to 0x9f .*iconv -f cp1252 -t utf-8",
-        ),
-    ],
-)
-def test_own_text_file_errors_name_the_problem(tmp_path, content, message):
-    path = tmp_path / "mine.txt"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=message):
-        data.load_splits(path)
-
-
-def test_a_byte_order_mark_and_windows_line_ends_are_normalised_and_said(tmp_path, capsys):
-    text = "Shall I compare thee\nto a summer's day?\n" * 50
-    windows = tmp_path / "windows.txt"
-    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
-    unix = tmp_path / "unix.txt"
-    unix.write_text(text, encoding="utf-8")
-    assert data.read_text(windows) == text
-    said = capsys.readouterr().err
-    assert "dropped the byte-order mark" in said and "Windows line ends" in said
-    assert data.load_splits(windows).text("val") == data.load_splits(unix).text("val")
-    capsys.readouterr()
-    data.read_text(unix)
-    assert capsys.readouterr().err == ""  # nothing to say about a plain UTF-8 file
-
-
-def test_missing_own_text_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.txt does not exist"):
-        data.load_splits(tmp_path / "nope.txt")
-
-
 def test_unknown_split_name_is_rejected(splits):
     with pytest.raises(ValueError, match="split must be"):
         splits.text("test")

@@ -281,6 +281,95 @@ def test_max_minutes_stops_with_a_checkpoint_to_resume_from(tokens, tmp_path):
     assert load_train_state(tmp_path / "ckpt").step == result.step
 
 
+# --- keep the best, stop when it stops improving -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overfit_tokens(tokens) -> dict[str, torch.Tensor]:
+    """400 training tokens at lr 1e-2: the validation loss is lowest at step 8 and rises after
+    (measured: 7.62, 7.29, 7.12, then 7.66 to 8.30), a run that overfits within seconds."""
+    return {"train": tokens["train"][:400], "val": tokens["val"]}
+
+
+def overfit_config(folder: Path, **overrides) -> TrainConfig:
+    settings = dict(max_steps=40, lr=1e-2, min_lr=1e-3, checkpoint_interval=8)
+    return tiny_config(**{**settings, **overrides}, checkpoint_dir=folder)
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_beside_the_last(
+    overfit_tokens, tmp_path, capsys
+):
+    result = train(tiny_model(), overfit_tokens, overfit_config(tmp_path / "run", keep_best=True))
+    evals = [e for e in result.history if "val_loss" in e]
+    lowest = min(evals, key=lambda e: e["val_loss"])
+    assert (result.best_step, result.best_val_loss) == (lowest["step"], lowest["val_loss"])
+    assert 0 < result.best_step < result.step == 40 and evals[-1]["val_loss"] > lowest["val_loss"]
+
+    capsys.readouterr()
+    best = load_checkpoint(tmp_path / "run")  # the best, by default, and it says so
+    said = capsys.readouterr().err
+    assert f"loaded the best checkpoint, step {result.best_step}" in said
+    assert "the last is step 40: which='last'" in said
+    assert (best.which, best.train_state.step) == ("best", result.best_step)
+    assert best.train_state.best_val_loss == result.best_val_loss
+    last = load_checkpoint(tmp_path / "run", which="last")
+    assert (last.which, last.train_state.step) == ("last", 40)
+    assert_same_weights(load_model(tmp_path / "run", which="best"), best.model)
+
+    # The best is the model at that step of the same run: the same schedule stopped there.
+    stopped = tiny_model()
+    train(stopped, overfit_tokens, overfit_config(tmp_path / "stopped",
+                                                  stop_at_step=result.best_step))  # fmt: skip
+    assert_same_weights(stopped, best.model)
+
+
+def test_patience_stops_the_run_and_a_resume_goes_on_bit_for_bit(overfit_tokens, tmp_path):
+    config = overfit_config(tmp_path / "whole", keep_best=True, patience=3)
+    whole = train(tiny_model(dropout=0.1), overfit_tokens, config)
+    # Three evaluations (every 4 steps) without a lower validation loss than the best's.
+    assert whole.stopped == "patience" and whole.step == whole.best_step + 3 * 4 < 40
+    assert load_train_state(tmp_path / "whole").step == whole.step
+
+    cut = replace(config, checkpoint_dir=tmp_path / "cut", stop_at_step=whole.best_step + 4)
+    assert train(tiny_model(dropout=0.1), overfit_tokens, cut).stopped == "stop_at_step"
+    resumed = tiny_model(seed=5, dropout=0.1)
+    rest = train(resumed, overfit_tokens, replace(cut, stop_at_step=None), resume=True)
+    assert (rest.stopped, rest.step, rest.best_step) == ("patience", whole.step, whole.best_step)
+    assert_same_weights(load_model(tmp_path / "whole", which="last"), resumed)
+    assert_same_weights(load_model(tmp_path / "whole"), load_model(tmp_path / "cut"))
+    # A finished run stays finished.
+    again = train(tiny_model(dropout=0.1), overfit_tokens, replace(cut, stop_at_step=None),
+                  resume=True)  # fmt: skip
+    assert (again.stopped, again.step) == ("patience", whole.step)
+
+
+def test_rising_validation_loss_is_said_once(overfit_tokens, tmp_path, capsys):
+    config = overfit_config(tmp_path / "run", progress=True)
+    train(tiny_model(), overfit_tokens, config)
+    said = capsys.readouterr().out  # beside the progress bar's lines of each evaluation
+    assert said.count("is above its best") == 1
+    assert "the model has begun to overfit; keep_best=True would keep it" in said
+
+
+def test_training_anew_into_a_folder_drops_the_best_of_the_run_before(overfit_tokens, tmp_path):
+    train(tiny_model(), overfit_tokens, overfit_config(tmp_path / "run", keep_best=True))
+    assert checkpoint_exists(tmp_path / "run" / "best")
+    train(tiny_model(), overfit_tokens, overfit_config(tmp_path / "run", max_steps=4))
+    assert not (tmp_path / "run" / "best").exists()
+    assert load_checkpoint(tmp_path / "run").which == "last"
+    with pytest.raises(CheckpointError, match=r"has no best/ checkpoint: its run did not keep"):
+        load_checkpoint(tmp_path / "run", which="best")
+
+
+def test_keep_best_and_patience_settings_are_checked():
+    with pytest.raises(ValueError, match=r"keep_best=True keeps the best checkpoint in "):
+        TrainConfig(keep_best=True)
+    with pytest.raises(ValueError, match=r"patience=0, expected a positive integer"):
+        TrainConfig(patience=0)
+    with pytest.raises(ValueError, match=r"which must be 'best', 'last' or None"):
+        load_checkpoint("anywhere", which="first")
+
+
 # --- the command line: SIGKILL and resume, torchrun ----------------------------------------------
 
 
@@ -329,7 +418,12 @@ def test_sigkill_during_training_then_resume_gives_same_final_weights(
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert "step 150/150" in resumed.stdout
-    assert_same_weights(load_model(uninterrupted), load_model(run))
+    # Both models of the run come back: the last and the best (kept: --text keeps it).
+    assert_same_weights(load_model(uninterrupted, which="last"), load_model(run, which="last"))
+    best = load_checkpoint(run, which="best")
+    ref_best = load_checkpoint(uninterrupted, which="best")
+    assert best.train_state.step == ref_best.train_state.step
+    assert_same_weights(ref_best.model, best.model)
     # The metrics log was cut back to the checkpoint: each step once, as in one run.
     ref_log = read_log(uninterrupted.with_name("ref.metrics.jsonl"))
     assert [(e["step"], e.get("loss")) for e in read_log(log)] == [
@@ -514,8 +608,9 @@ def test_cli_train_uses_the_course_schedule(text_file, tmp_path):
                      "--max-steps", "2"]) == 0  # fmt: skip
     saved = load_checkpoint(out).train_config
     course = TrainConfig.course()
-    for key in ("lr", "min_lr", "weight_decay", "grad_clip", "seed", "eval_interval"):
+    for key in ("lr", "min_lr", "weight_decay", "grad_clip", "seed"):
         assert saved[key] == getattr(course, key), key
+    assert saved["keep_best"]  # a learner's text: the best checkpoint is kept
 
 
 def test_course_preset_is_the_sweep_winner():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from course_lib import data, env
+from course_lib.own_text import read_text
 from course_lib.tokenizer import BPETokenizer
 
 
@@ -97,7 +98,7 @@ def _tokenizer(path: Path | None) -> BPETokenizer:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    text = data.read_text(args.text)
+    text = read_text(args.text)
     tok = BPETokenizer()
     tok.train(text, args.vocab_size)
     tok.save(args.out)

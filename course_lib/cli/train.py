@@ -32,12 +32,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--text",
         type=Path,
+        nargs="+",
         default=None,
-        help="train on your own UTF-8 text (its last 10%% is validation) with a "
-        "BPE tokenizer trained on the rest",
+        help="train on your own UTF-8 text: a file, a folder of files or several files (each a "
+        "document; validation from every one), with a BPE tokenizer trained on the rest. The "
+        "model, vocabulary and passes are sized to the text (it says how and why) and the "
+        "checkpoint of lowest validation loss is kept",
     )
     p.add_argument(
-        "--vocab-size", type=int, default=1024, help="tokenizer size for --text (default: 1024)"
+        "--vocab-size", type=int, default=None, help="tokenizer size for --text (default: by size)"
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="for --text, the model's size in one knob: DEPTH layers, 32*(DEPTH+1) wide "
+        "(3: the course shape; default: by the text's size); the shape options override it",
+    )
+    p.add_argument(
+        "--passes",
+        type=float,
+        default=None,
+        help="for --text, how many times to read the training text (default: 30, fewer for big "
+        "texts); --max-steps overrides it",
     )
     p.add_argument(
         "--out",
@@ -95,23 +112,28 @@ def _add_options(
 
 def cmd_train(args: argparse.Namespace) -> int:
     # Imported here: the other commands need neither the model nor the training loop.
-    from course_lib import checkpoint
-    from course_lib.metrics import bits_per_char, evaluate_all
+    from course_lib import checkpoint, own_text
     from course_lib.model import GPT
     from course_lib.train import train
 
-    out = args.out or env.checkpoint_dir() / (args.text.stem if args.text else args.preset)
+    out = args.out or env.checkpoint_dir() / (args.text[0].stem if args.text else args.preset)
     resuming = args.resume and checkpoint.checkpoint_exists(out)
     saved_model, saved_train = checkpoint.read_config(out) if resuming else (None, None)
     tokenizer = None
     if resuming and (out / checkpoint.TOKENIZER).is_file():
         tokenizer = BPETokenizer.load(out / checkpoint.TOKENIZER)  # the one the model knows
+    if not args.text and (args.depth or args.passes):
+        raise ValueError("--depth and --passes size a run to your text: give --text too")
 
+    plan = None
     if args.text:
         splits = data.load_splits(text_file=args.text)
+        plan = own_text.plan_for(splits)
+        if not resuming:
+            print(plan.reason)
         if tokenizer is None:
             tokenizer = BPETokenizer()
-            tokenizer.train(splits.text("train"), args.vocab_size)
+            tokenizer.train(splits.text("train"), args.vocab_size or plan.vocab_size)
         tokens = data.encode_splits(splits, tokenizer)
     else:
         splits = data.load_splits()
@@ -129,6 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"out the shape options; for a new model, pick another --out"
             )
         model_config = saved_model
+    elif plan is not None:
+        model_config = own_text.shape(args.depth or plan.depth, tokenizer.vocab_size, **shape)
     else:
         model_config = GPTConfig.course(vocab_size=tokenizer.vocab_size, **shape)
 
@@ -136,6 +160,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a checkpoint of another version
     if saved_train:
         base = TrainConfig(**{k: v for k, v in saved_train.items() if k in known})
+    elif plan is not None:  # passes over the text, evaluated 20 times, the best kept
+        if args.passes is not None:
+            plan = dataclasses.replace(plan, passes=args.passes)
+        batch = args.batch_size or plan.batch_size
+        steps = dataclasses.replace(plan, batch_size=batch).steps(
+            len(tokens["train"]), model_config.block_size
+        )
+        every = max(1, steps // 20)
+        base = TrainConfig.course(batch_size=batch, max_steps=steps, warmup_steps=steps // 20,
+                                  eval_interval=every, checkpoint_interval=every, keep_best=True,
+                                  checkpoint_dir=str(out))  # fmt: skip
     else:
         base = TrainConfig.course()  # the preset's schedule: the course model, exactly
     overrides = {k: getattr(args, k) for k in _train_options() if getattr(args, k) is not None}
@@ -159,12 +194,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{result.val_loss:.4f} nats/token (on {config.eval_steps} batches) in "
         f"{result.elapsed_s:.0f} s"
     )
-    if len(tokens["val"]) > model_config.block_size:  # the number to report: every token
-        val = evaluate_all(model, tokens["val"], model_config.block_size, config.batch_size)
-        chars = sum(len(w.text) for w in splits.val.values())
-        bpc = bits_per_char(val, len(tokens["val"]), chars)
-        print(f"validation, every token: {val:.4f} nats/token, {bpc:.3f} bits/char")
+    kept = model
+    if config.keep_best:
+        kept = checkpoint.load_checkpoint(out, which="best").model
+        rose = result.best_step != result.step
+        print(f"kept: the best checkpoint, step {result.best_step} (val loss "
+              f"{result.best_val_loss:.4f}), in {out / checkpoint.BEST}"
+              + ("; the validation loss rose after it" if rose else ""))  # fmt: skip
+    report(kept, tokenizer, tokens, splits)
     print(f"checkpoint: {out}\nmetrics:    {log_path}")
-    if result.stopped != "max_steps":
+    if result.stopped == "patience":
+        print(f"stopped early: {config.patience} evaluations without a lower validation loss")
+    elif result.stopped != "max_steps":
         print(f"stopped early ({result.stopped}): continue with --resume --out {out}")
     return 0
+
+
+def report(model, tokenizer: BPETokenizer, tokens: dict, splits: data.Splits) -> None:
+    """The held-out numbers of a trained model against two that know nothing and next to
+    nothing (a uniform guess, ln V nats a token; token frequencies, the unigram model), and a
+    short sample."""
+    import math
+
+    import torch
+
+    from course_lib.metrics import bits_per_char, evaluate_all, unigram_loss
+    from course_lib.sampling import generate
+
+    val, block = tokens["val"], model.config.block_size
+    if len(val) <= block:
+        print(f"validation is {len(val)} tokens, no whole window of {block}: nothing to score")
+        return
+    chars = sum(len(w.text) for w in splits.val.values())
+    losses = {
+        "this model": evaluate_all(model, val, block),
+        "unigram model": unigram_loss(tokens["train"], val, tokenizer.vocab_size),
+        "uniform guess": math.log(tokenizer.vocab_size),
+    }
+    print(f"held-out text, every token ({len(val):,} tokens, {chars:,} characters):")
+    for name, loss in losses.items():
+        print(f"  {name:>13}: {bits_per_char(loss, len(val), chars):.3f} bits/char")
+    prompt = next((line for w in splits.val.values() for line in w.text.splitlines()
+                   if line.strip()), "")[:60]  # fmt: skip
+    ids = torch.tensor([tokenizer.encode(prompt + "\n")], device=next(model.parameters()).device)
+    out = generate(model.eval(), ids, 60, temperature=0.8, top_k=50,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    print(
+        "a sample, from the first line of the held-out text:\n" + tokenizer.decode(out[0].tolist())
+    )
