@@ -24,7 +24,9 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from course_lib.config import GPTConfig, TrainConfig
 from course_lib.data import Splits, Work
 
 WHOLE_DOCUMENTS = 10  # from this many documents on, validation takes whole ones
@@ -147,13 +149,11 @@ def _names(files: list[Path]) -> list[str]:
 # A run sized to the text.
 
 
-def shape(depth: int, vocab_size: int, **overrides: int | float | str | bool):
+def shape(depth: int, vocab_size: int, **overrides: Any) -> GPTConfig:
     """The model of one knob, ``depth``: ``depth`` layers, 32 * (depth + 1) wide, heads of 32
     channels, a context of 64 tokens up to depth 2 and 128 from 3 on. Depth 3 is the course
     model's shape, ``GPTConfig.course()``; ``overrides`` change any field (another n_embd
     brings its own heads of 32)."""
-    from course_lib.config import GPTConfig
-
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth={depth!r}, expected a positive integer (1 to about 8 on a CPU)")
     width = int(overrides.get("n_embd", 32 * (depth + 1)))
@@ -182,30 +182,45 @@ class Plan:
         """Optimizer steps for ``passes`` over ``n_train_tokens`` in windows of block_size."""
         return max(1, math.ceil(self.passes * n_train_tokens / (self.batch_size * block_size)))
 
+    def train_config(self, n_train_tokens: int, block_size: int, **overrides: Any) -> TrainConfig:
+        """The run: ``passes`` over the text in steps of ``batch_size`` windows, the course's
+        learning-rate schedule (``TrainConfig.course``: 5% warm-up, cosine down to lr / 10),
+        evaluated and saved 20 times, the best checkpoint kept. ``overrides``: any TrainConfig
+        field; ``checkpoint_dir`` is needed (where the best is kept)."""
+        steps = self.steps(n_train_tokens, block_size)
+        every = max(1, steps // 20)
+        fields = dict(batch_size=self.batch_size, max_steps=steps, warmup_steps=steps // 20,
+                      eval_interval=every, checkpoint_interval=every, keep_best=True)  # fmt: skip
+        return TrainConfig.course(**{**fields, **overrides})
+
 
 def plan_for(text: Splits | str | int) -> Plan:
     """The defaults of a run on a text: its training text (``Splits``, a string, or its size
     in UTF-8 bytes), every choice with its reason.
 
     Bytes, not characters, because a byte-level tokenizer starts from bytes (a Chinese
-    character is 3 of them). The rules: a vocabulary of 512 under 100 KB, 1024 under 3 MB,
-    2048 above (the course's 4.4 MB of plays use 2048); depth 2 under 300 KB (small texts are
-    read many times and a small model overfits later), depth 3 (the course shape) up to
-    20 MB, 4 above; 30 passes, fewer when 30 would take more tokens than the course model's
-    10.8 million (its 7.5 minutes on 2 CPU cores), at least 1. The best checkpoint is kept, so
-    passes past the best cost time, not quality. Measured (benchmarks/bench_own_text.py, 50 KB
-    of the plays, held-out bits/char of the kept model): 10 passes 2.940, 30 passes 2.671 (best
-    at 79% of the run), 100 passes 2.751 (best at 15%: the learning rate was still high there;
-    the last model, 5.132, had learned the text by heart); 50 KB of Python source: 3.355,
-    3.324.
+    character is 3 of them). The rules, and what benchmarks/bench_own_text.py measured behind
+    them (held-out bits/char of the kept model, 50 KB of the plays, of Python source and of the
+    plays in Cyrillic letters):
+
+    * vocabulary 1024 under 3 MB, 2048 above (the course's 4.4 MB of plays use 2048): at
+      50 KB, 1024 beat 512 and 2048 on all three texts (plays 2.627 against 2.671 and 2.656;
+      Python 2.985 against 3.324 and 3.100; Cyrillic 2.772 against 2.823 and 2.854);
+    * depth 2 under 300 KB, 3 (the course shape) up to 20 MB, 4 above;
+    * 30 passes, fewer when 30 would read more tokens than the course model's 10.8 million (its
+      7.5 minutes on 2 CPU cores), at least 1. The best checkpoint is kept, so passes past the
+      best cost time, not quality: on 50 KB of the plays (vocabulary 512) 10 passes reached
+      2.940, 30 passes 2.671 (best at 79% of the run), 100 passes 2.751 (best at 15%, the
+      learning rate still high there; the last model, 5.132, had learned the text by heart);
+      on Python source 3.355 and 3.324 for 10 and 30 passes.
     """
     if isinstance(text, Splits):
         text = text.text("train")
     n_bytes = len(text.encode("utf-8")) if isinstance(text, str) else int(text)
     kb = n_bytes / 1000
-    vocab = 512 if kb < 100 else 1024 if kb < 3000 else 2048
+    vocab = 1024 if kb < 3000 else 2048
     depth = 2 if kb < 300 else 3 if kb < 20_000 else 4
-    est_tokens = n_bytes / {512: 2.5, 1024: 3.0, 2048: 3.5}[vocab]  # bytes per token, about
+    est_tokens = n_bytes / {1024: 3.0, 2048: 3.5}[vocab]  # bytes per token, about
     passes = max(1.0, min(PASSES, round(TOKEN_BUDGET / est_tokens, 1)))
     width = 32 * (depth + 1)
     why_depth = {2: "a small model, which overfits later on a small text", 3: "the course shape"}

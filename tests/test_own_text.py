@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from course_lib import data
 from course_lib.config import GPTConfig
 from course_lib.own_text import Plan, load_text, plan_for, read_text, shape, split_document
+
+NOTEBOOK_09 = Path(__file__).parent.parent / "notebooks" / "09_your_own_text.ipynb"
 
 # --- a learner's own text ----------------------------------------------------------------------
 
@@ -134,10 +137,10 @@ def test_an_empty_folder_and_a_bad_file_in_a_folder_are_named(tmp_path):
 
 def test_the_plan_grows_with_the_text_and_says_why():
     small, middle, big = plan_for(50_000), plan_for(500_000), plan_for(5_000_000)
-    assert [p.vocab_size for p in (small, middle, big)] == [512, 1024, 2048]
+    assert [p.vocab_size for p in (small, middle, big)] == [1024, 1024, 2048]
     assert [p.depth for p in (small, middle, big)] == [2, 3, 3]
     assert small.passes == middle.passes == 30 and 1 <= big.passes < 10
-    assert small.reason.startswith("50,000 bytes of training text: vocabulary 512, 2 layers x 96")
+    assert small.reason.startswith("50,000 bytes of training text: vocabulary 1024, 2 layers x 96")
     assert "10.8 million tokens" in big.reason and "lowest validation loss is kept" in big.reason
     # Bytes, not characters: 100,000 Chinese characters are 300,000 bytes.
     assert plan_for("\u6625" * 100_000).n_bytes == 300_000
@@ -248,7 +251,7 @@ def test_cli_sizes_the_run_to_the_text(splits, tmp_path, capsys):
         model, train = read_config(out)
         runs[n_chars] = (model.vocab_size, model.n_layer, model.n_embd, train["max_steps"])
         assert train["keep_best"] and train["batch_size"] == plan.batch_size
-    assert runs[30_000][:3] == (512, 2, 96)
+    assert runs[30_000][:3] == (1024, 2, 96)
     assert runs[120_000][:3] == (1024, 2, 96)
     assert runs[400_000][:3] == (1024, 3, 128)
     assert runs[30_000][3] < runs[120_000][3]  # more text, more steps for the same passes
@@ -270,3 +273,44 @@ def test_cli_trains_on_a_folder_of_documents(splits, tmp_path, capsys):
     assert load_checkpoint(out).tokenizer.vocab_size == 300
     assert cli.main(["eval", "--checkpoint", str(out), "--text", str(shelf)]) == 0
     assert "its held-out part, 3 of 3 documents" in capsys.readouterr().out
+
+
+# --- Lesson 09 on a text that is not the poems ----------------------------------------------------
+
+
+def cjk_words(splits, n_words: int) -> str:
+    """The plays with each word written as one CJK ideograph (3 bytes in UTF-8, no spaces, a
+    line a line): a text in another script, of another size, with the statistics of a language."""
+    words: dict[str, str] = {}
+    lines = []
+    for line in splits.text("train").splitlines():
+        tokens = re.findall(r"[A-Za-z']+", line.lower())
+        lines.append("".join(words.setdefault(w, chr(0x4E00 + len(words))) for w in tokens))
+        n_words -= len(tokens)
+        if n_words <= 0:
+            break
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_lesson_09_runs_end_to_end_on_another_text(splits, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    text = tmp_path / "poems_in_another_script.txt"
+    text.write_text(cjk_words(splits, 50_000), encoding="utf-8")
+    notebook = nbformat.read(NOTEBOOK_09, as_version=4)
+    settings = [c for c in notebook.cells if "\ntext_file = stand_in" in "\n" + c.source]
+    assert len(settings) == 1, "Lesson 09 has one line `text_file = stand_in`, the one to change"
+    settings[0].source = re.sub(r"(?m)^text_file = stand_in.*$", f"text_file = {str(text)!r}",
+                                settings[0].source)  # fmt: skip
+    # Its own checkpoint folder, so the lesson's stored run is left alone.
+    settings[0].source = settings[0].source.replace(
+        'folder = checkpoint_dir() / "lesson09"', f"folder = Path({str(tmp_path / 'run')!r})"
+    )
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK_09.parent)}}).execute()  # fmt: skip
+    said = "".join(o.get("text", "") for o in settings[0].outputs)
+    plan = plan_for(load_text(text))
+    assert said.strip() == plan.reason and plan.n_bytes > 100_000  # not the poems' plan
+    assert (tmp_path / "run" / "best").is_dir()

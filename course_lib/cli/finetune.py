@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
         help="fine-tune a checkpoint on the poems or your own text, fully or with LoRA",
-        description="Fine-tune a checkpoint; --resume continues exactly where it stopped. The "
-        "result is a checkpoint that `course-lib sample` and `course-lib eval` read.",
+        description="Fine-tune a checkpoint, keeping the one of lowest validation loss "
+        "(<out>/best); --resume continues exactly where it stopped. The result is a checkpoint "
+        "that `course-lib sample` and `course-lib eval` read.",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="base (default: course)")
     p.add_argument(
@@ -112,11 +113,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = TrainConfig(
         batch_size=args.batch_size, max_steps=args.max_steps, lr=lr, min_lr=lr / 10,
         warmup_steps=args.max_steps // 20, eval_interval=25, eval_steps=10,
-        checkpoint_interval=50, max_minutes=args.max_minutes, seed=args.seed,
-        device=args.device, checkpoint_dir=str(out),
+        checkpoint_interval=25, max_minutes=args.max_minutes, seed=args.seed,
+        device=args.device, checkpoint_dir=str(out), keep_best=True,
         log_path=str(out.with_name(out.name + ".metrics.jsonl")),
     )  # fmt: skip
     result = train(model, tokens, config, tokenizer=tok, resume=args.resume)
+    if result.best_step != result.step:  # the validation loss rose after its best: keep that
+        model = load_checkpoint(out, which="best").model
+        print(f"kept: the best checkpoint, step {result.best_step}, in {out}/best")
     loss = evaluate_all(model, tokens["val"], model.config.block_size)
     bpc = bits_per_char(loss, len(tokens["val"]), len(texts["val"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

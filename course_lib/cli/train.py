@@ -163,14 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif plan is not None:  # passes over the text, evaluated 20 times, the best kept
         if args.passes is not None:
             plan = dataclasses.replace(plan, passes=args.passes)
-        batch = args.batch_size or plan.batch_size
-        steps = dataclasses.replace(plan, batch_size=batch).steps(
-            len(tokens["train"]), model_config.block_size
-        )
-        every = max(1, steps // 20)
-        base = TrainConfig.course(batch_size=batch, max_steps=steps, warmup_steps=steps // 20,
-                                  eval_interval=every, checkpoint_interval=every, keep_best=True,
-                                  checkpoint_dir=str(out))  # fmt: skip
+        plan = dataclasses.replace(plan, batch_size=args.batch_size or plan.batch_size)
+        base = plan.train_config(len(tokens["train"]), model_config.block_size,
+                                 checkpoint_dir=str(out))  # fmt: skip
     else:
         base = TrainConfig.course()  # the preset's schedule: the course model, exactly
     overrides = {k: getattr(args, k) for k in _train_options() if getattr(args, k) is not None}
