@@ -200,19 +200,20 @@ def plan_for(text: Splits | str | int) -> Plan:
 
     Bytes, not characters, because a byte-level tokenizer starts from bytes (a Chinese
     character is 3 of them). The rules, and what benchmarks/bench_own_text.py measured behind
-    them (held-out bits/char of the kept model, 50 KB of the plays, of Python source and of the
-    plays in Cyrillic letters):
+    them (held-out bits/char of the kept model on 50 KB of three texts: plays the course model
+    never read, Python source, the plays in Cyrillic letters; benchmarks/results/own_text_*):
 
-    * vocabulary 1024 under 3 MB, 2048 above (the course's 4.4 MB of plays use 2048): at
-      50 KB, 1024 beat 512 and 2048 on all three texts (plays 2.627 against 2.671 and 2.656;
-      Python 2.985 against 3.324 and 3.100; Cyrillic 2.772 against 2.823 and 2.854);
-    * depth 2 under 300 KB, 3 (the course shape) up to 20 MB, 4 above;
+    * vocabulary 1024 under 3 MB, 2048 above (the course's 4.4 MB of plays use 2048): 1024
+      beat 512 and 2048 on all three (plays 2.750 against 2.756 and 2.797; Python 2.985
+      against 3.324 and 3.100; Cyrillic 2.772 against 2.823 and 2.854);
+    * depth 2 under 300 KB: within 0.06 of the best of depths 1 to 3 on each text (2.750,
+      2.985, 2.772; the best 2.750, 2.935, 2.772), at half the time of depth 3; the course
+      shape (depth 3) up to 20 MB, 4 above;
     * 30 passes, fewer when 30 would read more tokens than the course model's 10.8 million (its
       7.5 minutes on 2 CPU cores), at least 1. The best checkpoint is kept, so passes past the
-      best cost time, not quality: on 50 KB of the plays (vocabulary 512) 10 passes reached
-      2.940, 30 passes 2.671 (best at 79% of the run), 100 passes 2.751 (best at 15%, the
-      learning rate still high there; the last model, 5.132, had learned the text by heart);
-      on Python source 3.355 and 3.324 for 10 and 30 passes.
+      best cost time, not quality: 10, 30 and 100 passes reached 2.843, 2.750, 2.791 on the
+      plays and 3.225, 2.985, 3.074 on Python (after 100 passes the last models, 4.928 and
+      4.510, had learned their texts by heart).
     """
     if isinstance(text, Splits):
         text = text.text("train")

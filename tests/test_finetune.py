@@ -275,6 +275,7 @@ def test_cli_finetune_writes_a_lora_checkpoint_that_resumes_bit_for_bit(cli_base
     b = load_checkpoint(cli_base / "cut").model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert ".lora_A.weight" in "".join(a)
+    assert load_checkpoint(cli_base / "straight", which="best").train_state.best_val_loss  # kept
 
     assert cli.main(["eval", "--checkpoint", str(cli_base / "straight"), "--text",
                      str(cli_base / "tempest.txt")]) == 0  # fmt: skip

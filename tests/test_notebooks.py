@@ -87,6 +87,8 @@ SAME_ON_EVERY_MACHINE = {
         "8841d691": "a stored benchmark file, read",
         "39f2bb1f": "token and parameter counts",
         "d2907f56": "a stored benchmark file, read",
+        "9a63283c": "a stored benchmark file, read",
+        "8edb4710": "a stored benchmark file, read",
     },
 }
 DECIMAL = re.compile(r"\d\.\d")

@@ -161,7 +161,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     if method == "prune-magnitude":
         print(f"{compress.sparsity(model):.1%} of the blocks' weights are zero (stored densely)")
-    print(f"checkpoint: {out}\nmeasure it: course-lib eval --checkpoint {out}")
+    text = f" --text {args.text}" if args.text else ""  # your text: its held-out part
+    print(f"checkpoint: {out}\nmeasure it: course-lib eval --checkpoint {out}{text}")
     return 0
 
 
