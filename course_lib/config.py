@@ -178,11 +178,6 @@ class TrainConfig:
             )
         if self.patience is not None:
             _check_positive("patience", self.patience)
-        if self.keep_best and self.checkpoint_dir is None:
-            raise ValueError(
-                "keep_best=True keeps the best checkpoint in <checkpoint_dir>/best: give "
-                "checkpoint_dir, the folder to train into"
-            )
         if self.max_minutes is not None and self.max_minutes < 0:
             raise ValueError(f"max_minutes={self.max_minutes}, expected >= 0 (or None)")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import Tensor
 
 from course_lib.checkpoint import (
+    BEST,
     Checkpoint,
     CheckpointError,
     checkpoint_exists,
@@ -137,6 +138,11 @@ def cached_train(
                 f"training cannot go back, so move or delete that folder, or pass another path"
             )
         if state is not None and state.step == last:
+            if config.keep_best and not checkpoint_exists(path / BEST):
+                raise CheckpointError(
+                    f"{path} was trained without keep_best, so it has no {BEST}/ model to load: "
+                    f"move or delete that folder to train it again, keeping the best"
+                )
             return load_checkpoint(path)
     train(model, data, config, tokenizer=tokenizer, resume=True, loss_fn=loss_fn)
     return load_checkpoint(path)

@@ -177,10 +177,16 @@ class Plan:
     passes: float
     batch_size: int
     reason: str
+    max_tokens: int | None = TOKEN_BUDGET  # None: no cap (the CLI's --passes)
 
     def steps(self, n_train_tokens: int, block_size: int) -> int:
-        """Optimizer steps for ``passes`` over ``n_train_tokens`` in windows of block_size."""
-        return max(1, math.ceil(self.passes * n_train_tokens / (self.batch_size * block_size)))
+        """Optimizer steps for ``passes`` over ``n_train_tokens`` in windows of block_size,
+        reading at most ``max_tokens`` (but at least one pass). plan_for estimates the tokens
+        from the bytes; this counts them."""
+        tokens = self.passes * n_train_tokens
+        if self.max_tokens is not None:
+            tokens = min(tokens, max(n_train_tokens, self.max_tokens))
+        return max(1, math.ceil(tokens / (self.batch_size * block_size)))
 
     def train_config(self, n_train_tokens: int, block_size: int, **overrides: Any) -> TrainConfig:
         """The run: ``passes`` over the text in steps of ``batch_size`` windows, the course's
@@ -206,11 +212,15 @@ def plan_for(text: Splits | str | int) -> Plan:
     * vocabulary 1024 under 3 MB, 2048 above (the course's 4.4 MB of plays use 2048): 1024
       beat 512 and 2048 on all three (plays 2.750 against 2.756 and 2.797; Python 2.985
       against 3.324 and 3.100; Cyrillic 2.772 against 2.823 and 2.854);
-    * depth 2 under 300 KB: within 0.06 of the best of depths 1 to 3 on each text (2.750,
-      2.985, 2.772; the best 2.750, 2.935, 2.772), at half the time of depth 3; the course
-      shape (depth 3) up to 20 MB, 4 above;
+    * depth 2 under 1 MB: within 0.06 of the best of depths 1 to 3 on each 50 KB text (2.750,
+      2.985, 2.772; the best 2.750, 2.935, 2.772), within 0.03 of depths 3 and 4 on 500 KB
+      (plays 2.524 against 2.523 and 2.537; Python 3.944 against 3.934 and 3.919), at under
+      half the time of depth 3. The course shape (depth 3, chosen for 4.4 MB of plays by
+      benchmarks/sweep_course_model.py) up to 20 MB, 4 above; nothing was measured between
+      500 KB and 4.4 MB, so the switch at 1 MB is a choice between the two;
     * 30 passes, fewer when 30 would read more tokens than the course model's 10.8 million (its
-      7.5 minutes on 2 CPU cores), at least 1. The best checkpoint is kept, so passes past the
+      7.5 minutes on 2 CPU cores), at least 1: estimated here from the bytes, held to by
+      ``Plan.steps``, which counts the tokens. The best checkpoint is kept, so passes past the
       best cost time, not quality: 10, 30 and 100 passes reached 2.843, 2.750, 2.791 on the
       plays and 3.225, 2.985, 3.074 on Python (after 100 passes the last models, 4.928 and
       4.510, had learned their texts by heart).
@@ -220,7 +230,7 @@ def plan_for(text: Splits | str | int) -> Plan:
     n_bytes = len(text.encode("utf-8")) if isinstance(text, str) else int(text)
     kb = n_bytes / 1000
     vocab = 1024 if kb < 3000 else 2048
-    depth = 2 if kb < 300 else 3 if kb < 20_000 else 4
+    depth = 2 if kb < 1000 else 3 if kb < 20_000 else 4
     est_tokens = n_bytes / {1024: 3.0, 2048: 3.5}[vocab]  # bytes per token, about
     passes = max(1.0, min(PASSES, round(TOKEN_BUDGET / est_tokens, 1)))
     width = 32 * (depth + 1)
@@ -228,8 +238,8 @@ def plan_for(text: Splits | str | int) -> Plan:
     why_passes = (
         f"{PASSES:g} passes"
         if passes == PASSES
-        else f"{passes:g} passes, so as not to read more than the course model's 10.8 million "
-        f"tokens"
+        else f"about {passes:g} passes, so as not to read more than the course model's 10.8 "
+        f"million tokens"
     )
     reason = (
         f"{n_bytes:,} bytes of training text: vocabulary {vocab}, {depth} layers x {width} "

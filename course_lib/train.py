@@ -174,6 +174,11 @@ def train(
     last checkpoint saved is the last good one.
     """
     _check_data(data)
+    if config.keep_best and config.checkpoint_dir is None:
+        raise ValueError(
+            "keep_best=True keeps the best checkpoint in <checkpoint_dir>/best: give "
+            "checkpoint_dir, the folder to train into"
+        )
     block_size = config.block_size or model.config.block_size
     if block_size > model.config.block_size:
         raise ValueError(

@@ -350,6 +350,27 @@ def test_cached_train_stops_at_a_step_of_the_longer_schedule(tmp_path):
                                   replace(config, stop_at_step=4))  # fmt: skip
 
 
+def test_cached_train_keeps_the_best_and_refuses_a_cache_without_it(tmp_path):
+    from course_lib import course_model
+
+    tokens = {"train": data.load_tokens("finetune")[:20_000] % 100,
+              "val": data.load_tokens("finetune")[-5_000:] % 100}  # fmt: skip
+    config = TrainConfig(batch_size=4, max_steps=6, warmup_steps=1, eval_interval=2,
+                         eval_steps=2, progress=False, lr=1e-2, keep_best=True)  # fmt: skip
+    kept = course_model.cached_train(tmp_path / "kept", base_model, tokens, config)
+    log = [json.loads(line) for line in (tmp_path / "kept.metrics.jsonl").open()]
+    best = min((h for h in log if "val_loss" in h), key=lambda h: h["val_loss"])
+    assert kept.which == "best" and kept.train_state.step == best["step"]
+    again = course_model.cached_train(tmp_path / "kept", base_model, tokens, config)
+    assert torch.equal(again.model(ids()).logits, kept.model(ids()).logits)
+
+    course_model.cached_train(tmp_path / "plain", base_model, tokens,
+                              replace(config, keep_best=False))  # fmt: skip
+    refused = r"plain was trained without keep_best, so it has no best/ model to load: move or"
+    with pytest.raises(CheckpointError, match=refused):
+        course_model.cached_train(tmp_path / "plain", base_model, tokens, config)
+
+
 def test_sonnet_form_measures_the_real_sonnets(splits):
     from course_lib.poems import sonnet_form, sonnets, syllables
 

@@ -7,14 +7,24 @@ Real files in a temporary folder; nothing of the code under test is mocked.
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from course_lib import data
 from course_lib.config import GPTConfig
-from course_lib.own_text import Plan, load_text, plan_for, read_text, shape, split_document
+from course_lib.own_text import (
+    TOKEN_BUDGET,
+    Plan,
+    load_text,
+    plan_for,
+    read_text,
+    shape,
+    split_document,
+)
 
 NOTEBOOK_09 = Path(__file__).parent.parent / "notebooks" / "09_your_own_text.ipynb"
 
@@ -136,15 +146,22 @@ def test_an_empty_folder_and_a_bad_file_in_a_folder_are_named(tmp_path):
 
 
 def test_the_plan_grows_with_the_text_and_says_why():
-    small, middle, big = plan_for(50_000), plan_for(500_000), plan_for(5_000_000)
+    small, middle, big = plan_for(500_000), plan_for(1_500_000), plan_for(5_000_000)
     assert [p.vocab_size for p in (small, middle, big)] == [1024, 1024, 2048]
     assert [p.depth for p in (small, middle, big)] == [2, 3, 3]
-    assert small.passes == middle.passes == 30 and 1 <= big.passes < 10
-    assert small.reason.startswith("50,000 bytes of training text: vocabulary 1024, 2 layers x 96")
+    assert small.passes == 30 and 20 < middle.passes < 30 and 1 <= big.passes < 10
+    assert small.reason.startswith("500,000 bytes of training text: vocabulary 1024, 2 layers x 96")
     assert "10.8 million tokens" in big.reason and "lowest validation loss is kept" in big.reason
     # Bytes, not characters: 100,000 Chinese characters are 300,000 bytes.
     assert plan_for("\u6625" * 100_000).n_bytes == 300_000
     assert small.steps(20_000, 64) == 30 * 20_000 // (16 * 64) + 1
+    # plan_for estimates the tokens from the bytes; steps() counts them: the cap holds exactly
+    # (to a batch), a text longer than the cap is read once, and no cap reads all the passes.
+    window = big.batch_size * 128
+    assert TOKEN_BUDGET <= big.steps(3_000_000, 128) * window < TOKEN_BUDGET + window
+    assert big.steps(20_000_000, 128) == math.ceil(20_000_000 / window)
+    uncapped = replace(big, max_tokens=None).steps(3_000_000, 128)
+    assert uncapped == math.ceil(big.passes * 3_000_000 / window)
 
 
 def test_depth_is_one_knob_and_depth_3_is_the_course_shape():
@@ -239,7 +256,7 @@ def test_cli_sizes_the_run_to_the_text(splits, tmp_path, capsys):
     from course_lib.checkpoint import read_config
 
     runs = {}
-    for n_chars in (20_000, 60_000, 200_000):  # Cyrillic: about 1.9 bytes a character
+    for n_chars in (20_000, 60_000, 700_000):  # Cyrillic: about 1.9 bytes a character
         text = tmp_path / f"text{n_chars}.txt"
         text.write_text(cyrillic(splits, n_chars), encoding="utf-8")
         out = tmp_path / f"run{n_chars}"
@@ -249,10 +266,13 @@ def test_cli_sizes_the_run_to_the_text(splits, tmp_path, capsys):
         plan = plan_for(data.load_splits(text_file=text))
         assert said.startswith(plan.reason)
         model, train = read_config(out)
+        steps, batch, block = train["max_steps"], train["batch_size"], model.block_size
+        passes = re.search(rf"{steps:,} steps of {batch} x {block} tokens, ([\d.]+) passes", said)
+        assert plan.passes <= float(passes.group(1)) < plan.passes + 0.5  # whole steps
         runs[n_chars] = (model.vocab_size, model.n_layer, model.n_embd, train["max_steps"])
         assert train["keep_best"] and train["batch_size"] == plan.batch_size
     assert runs[20_000][:3] == runs[60_000][:3] == (1024, 2, 96)
-    assert runs[200_000][:3] == (1024, 3, 128)
+    assert runs[700_000][:3] == (1024, 3, 128)
     assert runs[20_000][3] < runs[60_000][3]  # more text, more steps for the same passes
 
 

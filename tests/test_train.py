@@ -361,9 +361,10 @@ def test_training_anew_into_a_folder_drops_the_best_of_the_run_before(overfit_to
         load_checkpoint(tmp_path / "run", which="best")
 
 
-def test_keep_best_and_patience_settings_are_checked():
+def test_keep_best_and_patience_settings_are_checked(overfit_tokens):
+    keep = TrainConfig(keep_best=True)  # the folder may come later (cached_train gives it)
     with pytest.raises(ValueError, match=r"keep_best=True keeps the best checkpoint in "):
-        TrainConfig(keep_best=True)
+        train(tiny_model(), overfit_tokens, keep)
     with pytest.raises(ValueError, match=r"patience=0, expected a positive integer"):
         TrainConfig(patience=0)
     with pytest.raises(ValueError, match=r"which must be 'best', 'last' or None"):

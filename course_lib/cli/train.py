@@ -161,8 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if saved_train:
         base = TrainConfig(**{k: v for k, v in saved_train.items() if k in known})
     elif plan is not None:  # passes over the text, evaluated 20 times, the best kept
-        if args.passes is not None:
-            plan = dataclasses.replace(plan, passes=args.passes)
+        if args.passes is not None:  # as asked, past the token cap too
+            plan = dataclasses.replace(plan, passes=args.passes, max_tokens=None)
         plan = dataclasses.replace(plan, batch_size=args.batch_size or plan.batch_size)
         base = plan.train_config(len(tokens["train"]), model_config.block_size,
                                  checkpoint_dir=str(out))  # fmt: skip
@@ -179,6 +179,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         base, **overrides, checkpoint_dir=str(out), log_path=str(log_path), stop_at_step=None
     )
 
+    if plan is not None and not saved_train:
+        n, block = len(tokens["train"]), config.block_size or model_config.block_size
+        passes = config.max_steps * config.batch_size * block / n
+        print(f"{n:,} training tokens: {config.max_steps:,} steps of {config.batch_size} x "
+              f"{block} tokens, {passes:.1f} passes")  # fmt: skip
     env.seed_everything(config.seed)  # the same initial weights in every process
     model = GPT(model_config)
     result = train(model, tokens, config, tokenizer=tokenizer, resume=args.resume)
