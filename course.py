@@ -153,6 +153,11 @@ def main() -> None:
         return
     if extra and args.command != "test" and args.headless:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    if (args.only or args.save) and not args.headless:  # they choose and store headless runs
+        used = " and ".join(o for o, on in (("--only", args.only), ("--save", args.save)) if on)
+        example = "python3 course.py --headless --only 05 --save"
+        parser.error(f"{used}: only with --headless, which runs the notebooks without "
+                     f"JupyterLab (e.g. {example})")  # fmt: skip
     setup()
     if args.command == "test":
         # Chromium for the browser tests of the attention views (they skip, saying why, without)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +49,25 @@ def test_course_py_lab_passes_what_follows_to_jupyterlab_on_the_notebooks(monkey
     cmd = course.lab_command(["--ip", "0.0.0.0"])
     assert cmd[1:4] == ["-m", "jupyter", "lab"]
     assert cmd[-3:] == ["--ip", "0.0.0.0", ROOT / "notebooks"]
+
+
+WITHOUT_HEADLESS = [
+    (["--only", "05"], "--only"),
+    (["test", "--save"], "--save"),
+    (["--only", "05", "--save"], "--only and --save"),
+]
+
+
+@pytest.mark.parametrize(("argv", "used"), WITHOUT_HEADLESS)
+def test_course_py_says_only_and_save_need_headless(monkeypatch, capsys, argv, used):
+    course = _course_py()
+    monkeypatch.setattr(sys, "argv", ["course.py", *argv])
+    monkeypatch.setattr(course, "setup", lambda: pytest.fail("set up before refusing"))
+    with pytest.raises(SystemExit) as stop:
+        course.main()
+    assert stop.value.code == 2  # a usage error, as argparse says it
+    said = capsys.readouterr().err
+    assert f"{used}: only with --headless, which runs the notebooks without JupyterLab" in said
 
 
 def _learners_python() -> str | None:
