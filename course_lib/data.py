@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from course_lib.config import VOCAB_SIZE
 from course_lib.download import SDIST, SDIST_SHA256, CorpusError, download, read_verified
 from course_lib.env import data_dir as default_data_dir
 from course_lib.files import fresh_folder, swap_in, write_atomic
@@ -228,11 +229,9 @@ def load_splits(
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokens: the course tokenizer (Lesson 01) and every split encoded with it, cached on disk.
+# Tokens: the course tokenizer (Lesson 01; its VOCAB_SIZE lives in course_lib.config, which
+# the model imports without the corpus) and every split encoded with it, cached on disk.
 
-# Chosen in Lesson 01 from a figure of bytes per token against vocabulary size: beyond 2048,
-# each doubling of the embedding table saves only 7-9% of the tokens.
-VOCAB_SIZE = 2048
 EOT = "<|endoftext|>"
 
 

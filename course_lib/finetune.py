@@ -43,12 +43,13 @@ from torch import Tensor, nn
 
 from course_lib.changes import change
 from course_lib.files import fresh_folder, swap_in
-from course_lib.model import GPT
+from course_lib.model import GPT, PROJECTIONS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # peft's name for the wrapped model, in its saved keys
-PROJECTIONS = ("c_attn", "c_proj", "c_fc")  # every nn.Linear in a block (c_proj: attn and mlp)
+# What add_lora's targets name, peft-style: a projection's last name (c_proj: attn's and mlp's).
+LORA_TARGETS = tuple(dict.fromkeys(name.rpartition(".")[2] for name in PROJECTIONS))
 
 
 class LoRALinear(nn.Module):
@@ -76,20 +77,16 @@ class LoRALinear(nn.Module):
         return self.scaling * self.lora_B.weight @ self.lora_A.weight
 
 
-def _targets(model: nn.Module, targets: list[str]) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, module) of every projection whose name ends with one of targets."""
-    unknown = [t for t in targets if t not in PROJECTIONS]
+def _targets(model: GPT, targets: list[str]) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every projection (``model.projections()``) whose name ends with one of
+    targets."""
+    unknown = [t for t in targets if t not in LORA_TARGETS]
     if unknown or not targets:
         raise ValueError(
             f"targets={targets}: LoRA wraps the blocks' projections, a non-empty list of "
-            f"{list(PROJECTIONS)} (c_proj means both attn.c_proj and mlp.c_proj, as in peft)"
+            f"{list(LORA_TARGETS)} (c_proj means both attn.c_proj and mlp.c_proj, as in peft)"
         )
-    found = []
-    for name, module in model.named_modules():
-        parent_name, _, attr = name.rpartition(".")
-        if attr in targets and ".h." in f".{parent_name}.":
-            found.append((model.get_submodule(parent_name), attr, module))
-    return found
+    return [(name, m) for name, m in model.projections() if name.rpartition(".")[2] in targets]
 
 
 @change
@@ -111,7 +108,7 @@ def add_lora(
     if not alpha > 0:
         raise ValueError(f"alpha={alpha}, expected > 0 (the update is scaled by alpha / rank)")
     layers = _targets(model, targets)
-    for _, _, layer in layers:
+    for _, layer in layers:
         if isinstance(layer, LoRALinear):
             raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
         if not isinstance(layer, nn.Linear):
@@ -123,8 +120,8 @@ def add_lora(
                 f"expressive power; use rank <= {min(layer.in_features, layer.out_features)}"
             )
     model.requires_grad_(False)
-    for parent, attr, layer in layers:
-        setattr(parent, attr, LoRALinear(layer, rank, alpha, dropout))
+    for name, layer in layers:
+        model.set_submodule(name, LoRALinear(layer, rank, alpha, dropout))
     return model
 
 

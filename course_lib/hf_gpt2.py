@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from course_lib.changes import changes_shapes
-from course_lib.model import GPT, GPTConfig
+from course_lib.model import GPT, PROJECTIONS, GPTConfig
 
 if TYPE_CHECKING:  # transformers is imported only when converting: it takes seconds to load.
     from transformers import GPT2LMHeadModel
 
 # GPT-2's Conv1D layers store their weight as (in, out), the transpose of nn.Linear's (out, in).
-CONV1D_WEIGHTS = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
+CONV1D_WEIGHTS = tuple(f"{name}.weight" for name in PROJECTIONS)  # every block's projections
 
 
 def from_hf(hf_model: GPT2LMHeadModel) -> GPT:

@@ -15,7 +15,8 @@ The names are GPT-2's (and so Hugging Face's: ``transformer.wte``, ``transformer
 ..., ``lm_head``), which is why ``GPT.from_hf`` and ``GPT.to_hf`` can move weights across with
 only one twist: GPT-2 stores its projections as ``Conv1D`` weights of shape (in, out), the
 transpose of ``nn.Linear``'s (out, in). Every projection here is a plain ``nn.Linear``, so later
-lessons can wrap one (LoRA in Lesson 07, int8 in Lesson 08) by assigning to it.
+lessons can wrap one (LoRA in Lesson 07, int8 in Lesson 08) by assigning to it; ``GPT.projections``
+lists them, four a block.
 
     >>> import torch
     >>> from course_lib.model import GPT, GPTConfig
@@ -38,6 +39,7 @@ lessons can wrap one (LoRA in Lesson 07, int8 in Lesson 08) by assigning to it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -57,6 +59,8 @@ IGNORE_INDEX = -100
 # param_counts: which part a tensor belongs to, by a piece of its name (else the embeddings,
 # or "other" for what a change added, e.g. a classifier head).
 PARTS = ((".attn.", "attention"), (".mlp.", "mlp"), ("ln_", "layernorms"))
+# The four projections of every Block, by their names in it (GPT-2's): ``GPT.projections``.
+PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 class MLP(nn.Module):
@@ -169,6 +173,19 @@ class GPT(nn.Module):
             for block in self.transformer.h:
                 nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=std)
                 nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=std)
+
+    def projections(self) -> Iterator[tuple[str, nn.Module]]:
+        """(name, layer) of every block's four projections, block by block, in PROJECTIONS' order:
+        ``transformer.h.<i>.attn.c_attn`` (3C, C), ``attn.c_proj`` (C, C), ``mlp.c_fc`` (4C, C)
+        and ``mlp.c_proj`` (C, 4C), as nn.Linear weights (out, in); 4 * n_layer in all.
+
+        These are the layers later lessons change: LoRA wraps them, quantization swaps them for
+        int8 / int4 layers, pruning zeroes or narrows them. A layer is yielded as it is now, a
+        replacement included; ``model.set_submodule(name, new)`` puts a new one in its place.
+        """
+        for i, block in enumerate(self.transformer.h):
+            for name in PROJECTIONS:
+                yield f"transformer.h.{i}.{name}", block.get_submodule(name)
 
     def new_kv_cache(self) -> list[KVCache]:
         """An empty KV cache for ``forward(..., kv_cache=...)``: one KVCache per layer."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import doctest
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -257,6 +260,47 @@ def test_blocks_are_gpt2_shaped_and_projections_are_plain_linear():
         assert type(layer) is nn.Linear
     assert block.mlp.c_fc.out_features == 4 * 32
     assert block.mlp.gelu.approximate == "tanh"
+
+
+def test_projections_are_each_blocks_four_linears_in_order():
+    gpt = tiny_model(n_layer=3)
+    parts = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    names = [f"transformer.h.{i}.{part}" for i in range(3) for part in parts]
+    layers = list(gpt.projections())
+    assert [name for name, _ in layers] == names and len(layers) == 4 * gpt.config.n_layer
+    assert all(layer is gpt.get_submodule(name) for name, layer in layers)
+    C = 32
+    shapes = [tuple(layer.weight.shape) for _, layer in layers[:4]]  # nn.Linear's (out, in)
+    assert shapes == [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)]
+
+
+def test_lora_quantization_and_pruning_change_exactly_the_projections():
+    from course_lib.compress.prune import magnitude_masks
+    from course_lib.compress.quantize import Int8Linear, quantize_int8
+    from course_lib.finetune import LoRALinear, add_lora
+
+    names = [name for name, _ in tiny_model().projections()]
+    lora = add_lora(tiny_model(), rank=2, targets=["c_attn", "c_proj", "c_fc"])
+    assert [n for n, m in lora.named_modules() if isinstance(m, LoRALinear)] == names
+    lora = add_lora(tiny_model(), rank=2, targets=["c_proj"])  # peft's naming: attn's and mlp's
+    wrapped = [n for n, m in lora.named_modules() if isinstance(m, LoRALinear)]
+    assert wrapped == [n for n in names if n.endswith("c_proj")]
+    int8 = quantize_int8(tiny_model())
+    quantized = {
+        n for n, m in int8.named_modules(remove_duplicate=False) if isinstance(m, Int8Linear)
+    }
+    assert quantized == {*names, "lm_head", "transformer.wte.head"}  # wte holds the tied lm_head
+    assert list(magnitude_masks(tiny_model(), 0.5)) == [f"{n}.weight" for n in names]
+
+
+def test_importing_the_model_loads_no_corpus_code():
+    """course_lib.model needs only the config: not the corpus, its download or the tokenizer."""
+    code = "import sys, course_lib.model; print(*sys.modules)"
+    root = Path(__file__).resolve().parent.parent  # cwd first on sys.path: this checkout's code
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    loaded = set(run.stdout.split())
+    assert run.returncode == 0 and "course_lib.model" in loaded, run.stderr
+    assert not loaded & {"course_lib.data", "course_lib.download", "course_lib.tokenizer"}
 
 
 @torch.no_grad()

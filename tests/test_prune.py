@@ -28,9 +28,9 @@ from course_lib.compress.prune import (
     random_units,
     sparsity,
 )
-from course_lib.compress.quantize import PROJECTIONS, quantize_int8
+from course_lib.compress.quantize import quantize_int8
 from course_lib.finetune import add_lora
-from course_lib.model import GPT, GPTConfig
+from course_lib.model import GPT, PROJECTIONS, GPTConfig
 
 SHAPE = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 C, HD, D_FF = 32, 8, 128
@@ -57,8 +57,8 @@ def batches(n: int = 2, seed: int = 5) -> list[tuple[Tensor, Tensor]]:
 
 
 def linears(m: GPT) -> list[tuple[str, nn.Linear]]:
-    return [(f"transformer.h.{i}.{part}.{attr}", getattr(getattr(block, part), attr))
-            for i, block in enumerate(m.transformer.h) for part, attr in PROJECTIONS]  # fmt: skip
+    return [(f"transformer.h.{i}.{name}", block.get_submodule(name))
+            for i, block in enumerate(m.transformer.h) for name in PROJECTIONS]  # fmt: skip
 
 
 def with_ties(m: GPT) -> GPT:

@@ -51,25 +51,22 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.changes import change, keeps_shapes
-from course_lib.compress.quantize import PROJECTIONS
 from course_lib.model import GPT
 
 SCOPES = ("layer", "global")
 
 
 def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
-    """(name, layer) of the four projections of every block, each checked to be an nn.Linear."""
-    found = []
-    for i, block in enumerate(model.transformer.h):
-        for part, attr in PROJECTIONS:
-            name, layer = f"transformer.h.{i}.{part}.{attr}", getattr(getattr(block, part), attr)
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(
-                    f"{name} is a {type(layer).__name__}, and {fn} works on plain nn.Linear "
-                    f"layers: prune before adding LoRA adapters or quantizing (or undo them "
-                    f"first: merge_lora(model), dequantize(model))"
-                )
-            found.append((name, layer))
+    """(name, layer) of the four projections of every block (``model.projections()``), each
+    checked to be an nn.Linear."""
+    found = list(model.projections())
+    for name, layer in found:
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(
+                f"{name} is a {type(layer).__name__}, and {fn} works on plain nn.Linear "
+                f"layers: prune before adding LoRA adapters or quantizing (or undo them "
+                f"first: merge_lora(model), dequantize(model))"
+            )
     return found
 
 

@@ -49,8 +49,6 @@ from course_lib.model import GPT
 # An all-zero row (or group) has max|w| = 0: its scale is floored at the smallest normal float32
 # (torchao's floor too), so its codes are 0 and dequantize to exactly 0, never 0 / 0.
 EPS = torch.finfo(torch.float32).tiny
-# Every matrix of a block: (part, attribute), as in model.transformer.h[i].<part>.<attribute>.
-PROJECTIONS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
 
 
 def round_to_codes(w: Tensor, scale: Tensor, low: int, high: int) -> Tensor:
@@ -219,9 +217,9 @@ class QuantizedEmbedding(nn.Module):
 # Quantizing a GPT (and back)
 
 
-def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Module, str, nn.Linear]]:
-    """(name, parent, attribute, layer) of every projection of the blocks, each checked to be a
-    plain nn.Linear, in a model no quantize_* has touched and whose lm_head is wte."""
+def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
+    """(name, layer) of every projection of the blocks (``model.projections()``), each checked
+    to be a plain nn.Linear, in a model no quantize_* has touched and whose lm_head is wte."""
     if done := [c["change"] for c in model.changes if c["change"] in _quantize_names()]:
         kind = done[0].rpartition("_")[2]
         raise ValueError(
@@ -235,23 +233,19 @@ def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Module, str, nn.Line
             f"({type(model.lm_head).__name__}, e.g. from add_classifier): quantize the language "
             f"model, then add the head"
         )
-    found = []
-    for i, block in enumerate(model.transformer.h):
-        for part, attr in PROJECTIONS:
-            name, parent = f"transformer.h.{i}.{part}.{attr}", getattr(block, part)
-            layer = getattr(parent, attr)
-            if type(layer) is not nn.Linear:
-                raise ValueError(
-                    f"{name} is a {type(layer).__name__}, and {fn} quantizes plain nn.Linear "
-                    f"layers: merge LoRA adapters first (merge_lora(model))"
-                )
-            found.append((name, parent, attr, layer))
+    found = list(model.projections())
+    for name, layer in found:
+        if type(layer) is not nn.Linear:
+            raise ValueError(
+                f"{name} is a {type(layer).__name__}, and {fn} quantizes plain nn.Linear "
+                f"layers: merge LoRA adapters first (merge_lora(model))"
+            )
     return found
 
 
 def _swap_in(model: GPT, layers: list, quantize: Callable[[nn.Linear], QuantizedLinear]) -> GPT:
-    for _, parent, attr, layer in layers:
-        setattr(parent, attr, quantize(layer))
+    for name, layer in layers:
+        model.set_submodule(name, quantize(layer))
     model.lm_head = quantize(model.lm_head)
     model.transformer.wte = QuantizedEmbedding(model.lm_head)
     return model
@@ -274,7 +268,7 @@ def quantize_int4(model: GPT, group_size: int = 128) -> GPT:
             f"group_size={group_size!r}, expected an even integer >= 2 (two int4 codes share a "
             f"byte): 32 or 128 are usual"
         )
-    named = [(name, layer) for name, *_, layer in layers] + [("lm_head", model.lm_head)]
+    named = [*layers, ("lm_head", model.lm_head)]
     widths = sorted({layer.in_features for _, layer in named})
     for name, layer in named:
         if layer.in_features % group_size:
@@ -343,11 +337,9 @@ def dequantize(model: GPT) -> GPT:
     change record goes too. Changed in place; returned."""
     if not any(c["change"] in _quantize_names() for c in model.changes):
         raise ValueError("the model is not quantized: nothing to dequantize")
-    for block in model.transformer.h:
-        for parent in (block.attn, block.mlp):
-            for attr, layer in list(parent.named_children()):
-                if isinstance(layer, QuantizedLinear):
-                    setattr(parent, attr, layer.to_linear())
+    for name, layer in model.projections():
+        if isinstance(layer, QuantizedLinear):
+            model.set_submodule(name, layer.to_linear())
     if isinstance(model.lm_head, QuantizedLinear):
         model.lm_head = model.lm_head.to_linear()
         wte = nn.Embedding(model.config.vocab_size, model.config.n_embd)
