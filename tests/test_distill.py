@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.checkpoint import CheckpointError, read_meta
-from course_lib.compress.distill import DistillationLoss, distill, distill_loss
+from course_lib.compress.distill import (
+    CachedDistillationLoss,
+    DistillationLoss,
+    TeacherTargets,
+    distill,
+    distill_loss,
+    teacher_targets,
+    topk_distill_loss,
+)
 from course_lib.config import TrainConfig
 from course_lib.course_model import cached_train
 from course_lib.data import get_batch
@@ -298,6 +306,129 @@ def test_cached_train_caches_a_distilled_student(teacher, data, tmp_path):
     hotter = DistillationLoss(teacher, T=4.0)  # the loss's T and alpha are part of the run
     with pytest.raises(CheckpointError, match=r"DistillationLoss\(T=4, alpha=0.5\)"):
         cached_train(path, student, data, cfg, loss_fn=hotter, progress=False)
+
+
+# --- the teacher run once: top-k targets, cached --------------------------------------------------
+
+
+def full_targets(teacher_logits: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token as a "top" token: log p_T (..., V) and ids (..., V)."""
+    log_p = torch.log_softmax(teacher_logits / T, dim=-1)
+    return log_p, torch.arange(V).expand_as(log_p)
+
+
+@pytest.mark.parametrize("T", [0.5, 1.0, 4.0])
+def test_topk_loss_over_the_whole_vocabulary_is_the_distill_loss(T):
+    student_logits, teacher_logits = logits_pair(3, 5, std=2.0, seed=3)
+    log_p, ids = full_targets(teacher_logits, T)
+    got = topk_distill_loss(student_logits, log_p, ids, T)
+    torch.testing.assert_close(
+        got, distill_loss(student_logits, teacher_logits, T), atol=1e-5, rtol=1e-5
+    )
+    order = torch.randperm(V, generator=torch.Generator().manual_seed(0))  # any order of the bins
+    shuffled = topk_distill_loss(student_logits, log_p[..., order], ids[..., order], T)
+    torch.testing.assert_close(shuffled, got, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, 63])
+def test_topk_loss_is_the_kl_of_the_merged_bins_and_never_above_the_full_one(k):
+    student_logits, teacher_logits = logits_pair(4, 6, std=2.0, seed=k)
+    top = torch.log_softmax(teacher_logits, -1).topk(k, -1)
+    got = topk_distill_loss(student_logits, top.values, top.indices, T=1.0)
+    # By hand in float64: k bins, then one bin for every other token.
+    p, q = torch.softmax(teacher_logits.double(), -1), torch.softmax(student_logits.double(), -1)
+    pk, qk = p.gather(-1, top.indices), q.gather(-1, top.indices)
+    p_bins = torch.cat([pk, 1 - pk.sum(-1, keepdim=True)], -1)
+    q_bins = torch.cat([qk, 1 - qk.sum(-1, keepdim=True)], -1)
+    by_hand = (p_bins * (p_bins.log() - q_bins.log())).sum(-1).mean()
+    torch.testing.assert_close(got.double(), by_hand, atol=1e-5, rtol=1e-4)
+    assert 0 <= got <= distill_loss(student_logits, teacher_logits, 1.0) + 1e-6
+    same = topk_distill_loss(teacher_logits, top.values, top.indices, T=1.0)
+    assert abs(same.item()) < 1e-5  # the same beliefs: nothing to learn
+
+
+def test_topk_loss_gives_the_student_a_gradient_and_checks_shapes():
+    student_logits, teacher_logits = logits_pair(2, 3, seed=5)
+    student_logits.requires_grad_(True)
+    top = torch.log_softmax(teacher_logits, -1).topk(8, -1)
+    topk_distill_loss(student_logits, top.values.half(), top.indices.short()).backward()
+    assert student_logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"must both be \(\.\.\., k\) for the student's positions"):
+        topk_distill_loss(student_logits[:, :2], top.values, top.indices)
+
+
+def test_teacher_targets_hold_the_teachers_top_k_of_every_window(teacher, data):
+    tokens = data["val"][:1_000]
+    targets = teacher_targets(teacher, tokens, T=2.0, k=8, batch_size=16, progress=False)
+    block = TEACHER["block_size"]
+    n = (len(tokens) - 1) // block
+    assert targets.log_p.shape == targets.ids.shape == (n, block, 8)
+    assert targets.log_p.dtype == torch.float16 and targets.ids.dtype == torch.int16
+    assert targets.T == 2.0 and targets.seconds > 0 and targets.block_size == block
+    assert targets.nbytes() == n * block * 8 * 4
+    j = 17
+    x = tokens[j * block : (j + 1) * block][None]
+    with torch.no_grad():
+        want = torch.log_softmax(teacher.eval()(x).logits / 2.0, -1).topk(8, -1)
+    teacher.train()
+    torch.testing.assert_close(targets.log_p[j].float(), want.values[0], atol=2e-3, rtol=1e-3)
+    assert torch.equal(targets.ids[j].long(), want.indices[0])
+    assert teacher.training  # put back as it was
+
+
+def test_teacher_target_batches_line_up_and_round_trip_through_a_file(teacher, data, tmp_path):
+    tokens = data["val"][:1_000]
+    targets = teacher_targets(teacher, tokens, k=4, progress=False)
+    x, y, log_p, ids = targets.batches(5, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 16) and log_p.shape == ids.shape == (5, 16, 4)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    again = targets.batches(5, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip((x, y, log_p, ids), again, strict=True))
+    j = torch.randint(len(targets.log_p), (5,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(log_p, targets.log_p[j]) and torch.equal(
+        x, tokens[j[:, None] * 16 + torch.arange(16)]
+    )
+    loaded = TeacherTargets.load(targets.save(tmp_path / "targets.safetensors"))
+    assert loaded.T == targets.T and loaded.seconds == targets.seconds
+    for name in ("tokens", "log_p", "ids"):
+        assert torch.equal(getattr(loaded, name), getattr(targets, name))
+
+
+def test_teacher_targets_refuse_bad_k_and_short_streams(teacher, data):
+    for k in (0, V + 1, 2.0, True):
+        with pytest.raises(ValueError, match="expected an integer from 1 to the vocabulary's 64"):
+            teacher_targets(teacher, data["val"], k=k, progress=False)
+    with pytest.raises(ValueError, match="longer than the teacher's block_size=16"):
+        teacher_targets(teacher, data["val"][:16], progress=False)
+
+
+def test_a_student_trains_on_cached_targets_alone(teacher, data):
+    targets = {split: teacher_targets(teacher, data[split], k=16, progress=False) for split in data}
+    batches = {split: t.batches for split, t in targets.items()}
+    loss_fn = CachedDistillationLoss(targets["train"].T, alpha=1.0)
+    assert repr(loss_fn) == "CachedDistillationLoss(T=1, alpha=1)"
+    g = torch.Generator().manual_seed(7)
+    held_out = [targets["val"].batches(16, g) for _ in range(4)]
+
+    def gap(s: GPT) -> float:
+        with torch.no_grad():
+            return sum(loss_fn(s.eval(), batch).item() for batch in held_out)
+
+    s = student()
+    before = gap(s)
+    result = train(s, batches, config(max_steps=60, eval_interval=60), loss_fn=loss_fn)
+    assert gap(s) < 0.6 * before and result.step == 60
+    # alpha mixes in the next-token loss, as DistillationLoss does
+    x, y, log_p, ids = held_out[0]
+    with torch.no_grad():
+        out = s(x, y)
+        soft = topk_distill_loss(out.logits, log_p, ids)
+        half = CachedDistillationLoss(1.0, alpha=0.5)(s, held_out[0])
+    torch.testing.assert_close(half, 0.5 * soft + 0.5 * out.loss)
+    with pytest.raises(ValueError, match="build TeacherTargets for every split"):
+        loss_fn(s, (x, y))
+    with pytest.raises(ValueError, match="alpha=2"):
+        CachedDistillationLoss(1.0, alpha=2)
 
 
 def test_docstring_examples_run():

@@ -47,21 +47,47 @@ mixes the two in the proportion alpha says whatever T is. At high T, T² · KL t
 the teacher's tokenizer (the soft targets are over the teacher's vocabulary):
 
     >>> result = distill(student, teacher, data, TrainConfig(max_steps=500))  # doctest: +SKIP
+
+The teacher need not run in the loop. ``teacher_targets`` runs it once over a token stream, cut
+into windows of its context, and keeps at each position the log-probabilities of its k likeliest
+next tokens (float16, with their ids): k x 4 bytes a token. Every student that trains on those
+windows (``TeacherTargets.batches``) shares that one pass, and ``topk_distill_loss`` compares
+the distributions on the k tokens plus one bin for all the others: the KL divergence of the
+coarser distributions, which equals ``distill_loss`` when k is the whole vocabulary and is never
+larger (merging outcomes cannot make two distributions more different).
+
+    >>> targets = teacher_targets(teacher, tokens, T=1.0, k=32)                 # doctest: +SKIP
+    >>> train(student, {"train": targets.batches, "val": val_targets.batches}, config,
+    ...       loss_fn=CachedDistillationLoss(targets.T, alpha=1.0))          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from course_lib.config import TrainConfig
+from course_lib.files import write_atomic
 from course_lib.model import GPT
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train import Batch, BatchSource, TrainResult, train
 
-__all__ = ["DistillationLoss", "distill", "distill_loss"]
+__all__ = [
+    "CachedDistillationLoss",
+    "DistillationLoss",
+    "TeacherTargets",
+    "distill",
+    "distill_loss",
+    "teacher_targets",
+    "topk_distill_loss",
+]
 
 
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 2.0) -> Tensor:
@@ -105,11 +131,7 @@ class DistillationLoss:
 
     def __init__(self, teacher: GPT, T: float = 2.0, alpha: float = 0.5) -> None:
         _check_temperature(T)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(
-                f"alpha={alpha!r}, expected a weight in [0, 1]: the share of the distillation "
-                f"loss (1 - alpha goes to the next-token loss), e.g. 0.5"
-            )
+        _check_alpha(alpha)
         self.teacher, self.T, self.alpha = teacher, float(T), float(alpha)
         # The name a checkpoint records for the run's loss (train_state.describe_run): with T
         # and alpha in it, a cached run distilled at another temperature is not taken for this.
@@ -173,11 +195,162 @@ def distill(
     return train(student, data, config, tokenizer, resume, loss_fn=loss_fn)
 
 
+# ---------------------------------------------------------------------------------------------
+# The teacher run once: its top-k soft targets, cached and shared by students
+
+
+def topk_distill_loss(student_logits: Tensor, log_p: Tensor, ids: Tensor, T: float = 1.0) -> Tensor:
+    """T² · KL over k + 1 bins, averaged over positions: a scalar.
+
+    student_logits (..., V); log_p (..., k): the teacher's log p_T of its k likeliest tokens, at
+    the ids (..., k). The bins are those k tokens and "any other token", whose probability is
+    what the k leave: 1 - sum(p) for the teacher, the rest of softmax(student / T) for the
+    student. With k = V this is ``distill_loss``; with k < V it is at most that.
+    """
+    _check_temperature(T)
+    if log_p.shape != ids.shape or log_p.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"log_p {tuple(log_p.shape)} and ids {tuple(ids.shape)} must both be (..., k) for the "
+            f"student's positions {tuple(student_logits.shape[:-1])}: the teacher's targets for "
+            f"the same batch (TeacherTargets.batches gives them together)"
+        )
+    log_q = torch.log_softmax(student_logits.float() / T, dim=-1)  # (..., V)
+    ids = ids.long()
+    log_q_k = log_q.gather(-1, ids)  # (..., k) the student on the teacher's k tokens
+    log_p = log_p.float()
+    kl = (log_p.exp() * (log_p - log_q_k)).sum(-1)  # (...,) the k bins
+    if ids.size(-1) < student_logits.size(-1):  # the bin of every other token
+        log_q_rest = torch.logsumexp(log_q.scatter(-1, ids, -math.inf), dim=-1)  # (...,)
+        p_rest = (1 - log_p.exp().sum(-1)).clamp_min(0)  # (...,) what the k leave
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest.clamp_min(-100)  # 0 log 0 = 0
+    return T**2 * kl.mean()
+
+
+@dataclass
+class TeacherTargets:
+    """A teacher's soft targets for every window of a token stream, computed once.
+
+    tokens (N,): the stream; window j is ``tokens[j * block : j * block + block + 1]`` (x, and y
+    one token on). log_p (n, block, k) float16: the teacher's log p_T of its k likeliest next
+    tokens at each position of each window; ids (n, block, k) int16 or int32: those tokens.
+    seconds: how long the teacher took (the one-time cost that the students share).
+    """
+
+    tokens: Tensor
+    log_p: Tensor
+    ids: Tensor
+    T: float
+    seconds: float
+
+    @property
+    def block_size(self) -> int:
+        return self.log_p.size(1)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """A ``train`` batch source: ``batch_size`` windows at random, as (x, y, log_p, ids),
+        (B, block) twice, then (B, block, k) twice."""
+        j = torch.randint(self.log_p.size(0), (batch_size,), generator=generator)  # (B,)
+        block = self.block_size
+        at = j[:, None] * block + torch.arange(block + 1)  # (B, block + 1) positions in tokens
+        window = self.tokens[at].long()
+        return window[:, :-1], window[:, 1:], self.log_p[j], self.ids[j]
+
+    def nbytes(self) -> int:
+        """Bytes of the cached targets (log_p and ids), the disk and memory they cost."""
+        return sum(t.numel() * t.element_size() for t in (self.log_p, self.ids))
+
+    def save(self, path: Path | str) -> Path:
+        """One safetensors file, written atomically; ``TeacherTargets.load(path)`` reads it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"tokens": self.tokens, "log_p": self.log_p, "ids": self.ids}
+        meta = {"T": repr(self.T), "seconds": repr(self.seconds)}
+        write_atomic(path, safetensors.torch.save(tensors, metadata=meta))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> TeacherTargets:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {name: f.get_tensor(name) for name in ("tokens", "log_p", "ids")}
+        return cls(**tensors, T=float(meta["T"]), seconds=float(meta["seconds"]))
+
+
+@torch.inference_mode()
+def teacher_targets(
+    teacher: GPT,
+    tokens: Tensor,
+    T: float = 1.0,
+    k: int = 32,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> TeacherTargets:
+    """Run ``teacher`` once over ``tokens`` (N,), in windows of its block_size, and keep its top
+    ``k`` log-probabilities at temperature ``T`` at every position (``TeacherTargets``)."""
+    _check_temperature(T)
+    V, block = teacher.config.vocab_size, teacher.config.block_size
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= V:
+        raise ValueError(f"k={k!r}, expected an integer from 1 to the vocabulary's {V}, e.g. 32")
+    if tokens.dim() != 1 or len(tokens) <= block:
+        raise ValueError(
+            f"tokens must be one stream (N,) longer than the teacher's block_size={block}, got "
+            f"shape {tuple(tokens.shape)}"
+        )
+    n = (len(tokens) - 1) // block  # whole windows, each with its next token
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    log_p = torch.empty(n, block, k, dtype=torch.float16)
+    ids = torch.empty(n, block, k, dtype=torch.int16 if V <= 2**15 else torch.int32)
+    start = time.perf_counter()
+    for i in tqdm(range(0, n, batch_size), disable=not progress, desc="teacher", miniters=n // 100):
+        j = torch.arange(i, min(i + batch_size, n))
+        x = tokens[j[:, None] * block + torch.arange(block)].long().to(device)  # (b, block)
+        top = torch.log_softmax(teacher(x).logits.float() / T, dim=-1).topk(k, dim=-1)
+        log_p[j], ids[j] = top.values.cpu().half(), top.indices.cpu().to(ids.dtype)
+    teacher.train(was_training)
+    return TeacherTargets(tokens, log_p, ids, float(T), time.perf_counter() - start)
+
+
+class CachedDistillationLoss:
+    """A ``loss_fn`` for ``train`` on ``TeacherTargets.batches``: alpha · topk_distill_loss +
+    (1 - alpha) · next-token loss, from batches (x, y, log_p, ids). No teacher runs."""
+
+    def __init__(self, T: float, alpha: float = 1.0) -> None:
+        _check_temperature(T)
+        _check_alpha(alpha)
+        self.T, self.alpha = float(T), float(alpha)
+        self.__qualname__ = f"CachedDistillationLoss(T={self.T:g}, alpha={self.alpha:g})"
+
+    def __call__(self, net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        if len(batch) != 4:
+            raise ValueError(
+                f"CachedDistillationLoss takes batches (x, y, log_p, ids) from "
+                f"TeacherTargets.batches, got {len(batch)} tensors: build TeacherTargets for "
+                f"every split it trains and evaluates on (train and val)"
+            )
+        x, y, log_p, ids = batch
+        out = net(x, y)
+        soft = topk_distill_loss(out.logits, log_p, ids, self.T)
+        return self.alpha * soft + (1 - self.alpha) * out.loss
+
+    def __repr__(self) -> str:
+        return self.__qualname__
+
+
 def _check_temperature(T: float) -> None:
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not (math.isfinite(T) and T > 0):
         raise ValueError(
             f"T={T!r}, expected a positive finite temperature: 1 keeps the teacher's "
             f"distribution, larger softens it (2 to 4 is usual)"
+        )
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(
+            f"alpha={alpha!r}, expected a weight in [0, 1]: the share of the distillation "
+            f"loss (1 - alpha goes to the next-token loss), e.g. 0.5"
         )
 
 
