@@ -1,35 +1,39 @@
 """Lesson 08's table, re-measured in one run: every compressed course model as a ratio to float32;
 our quantization against torchao's on the same model.
 
-    .venv/bin/python benchmarks/bench_compress.py                 # all three parts, ~2 minutes
-    .venv/bin/python benchmarks/bench_compress.py --quick         # a smoke test, ~30 s
+    .venv/bin/python benchmarks/bench_compress.py                 # all three parts, minutes
+    .venv/bin/python benchmarks/bench_compress.py --quick         # a smoke test, ~1 minute
     .venv/bin/python benchmarks/bench_compress.py --skip-gpt2 --threads 1
 
 Run by hand, never in the test suite. Three parts, every number from ``course_lib.compress.measure``
-(generation: tokens/s at batch 1 through the KV cache, greedy, the median of --runs runs after a
-warm-up; prefill: tokens/s reading a whole 128-token context in one forward pass; bits per
-character on the held-out plays, ``poems.plays_sample()``):
+(generation: tokens/s at batch 1 through the KV cache, greedy; prefill: tokens/s reading a whole
+128-token context in one forward pass; bits per character on the held-out plays,
+``poems.plays_sample()``). The speeds of a part are timed together, ``compare_speed``
+(``course_lib.timing``): after a warm-up, --rounds rounds that each run every model once in a
+rotating order; a speed is the median of the rounds, in brackets the middle half of them, and a
+ratio whose rounds do not tell the two apart reads "no measurable difference".
 
 1. The course model (``load_or_train()``, the trained checkpoint) compressed every way Lesson 08
    teaches: float32, bfloat16, int8 (dequantizing to float32, then one float matmul), int8
    through fbgemm's int8 kernel (``use_int8_kernel``), int4 in groups of 128 and of 32, and
    magnitude pruning of half the blocks' weights (global, no recovery fine-tune), each measured
    with ``measure()`` (bytes: its model.safetensors, really saved) and printed with ``table()``,
-   ratios to float32. Then the checkpoints Lesson 08's notebook caches under
-   ``<checkpoints>/lesson08`` (pruned and recovered, distilled, ...), when they are there.
+   ratios to float32, then the speeds' own tables with their spread. Then the checkpoints
+   Lesson 08's notebook caches under ``<checkpoints>/lesson08`` (pruned and recovered,
+   distilled, ...), when they are there, timed with the others.
 2. torchao's quantization of the same float32 model (``quantize_`` on a deepcopy) next to ours,
    format by format: int8 weight-only (ours dequantizes, torchao's ``Int8WeightOnlyConfig``
    multiplies by the int8 codes cast to float), int8 with dynamic int8 activations (ours:
    ``use_int8_kernel``; torchao's ``Int8DynamicActivationInt8WeightConfig``, ``torch._int_mm``
    on a CPU), int4 in groups of 32 (ours: ``quantize_int4(model, 32)``; torchao's
-   ``IntxWeightOnlyConfig(torch.int4, PerGroup(32))``). The speeds are the best of --repeats
-   rounds that alternate the order of the models; bytes are the weights in memory (torchao's
+   ``IntxWeightOnlyConfig(torch.int4, PerGroup(32))``). "ours / torchao" is how many times as
+   fast ours is, the median of the rounds' ratios; bytes are the weights in memory (torchao's
    tensors do not save to safetensors), each tensor subclass counted by its inner tensors.
 3. The memory-bound case: GPT-2 small's shape (124M parameters, ~500 MB in float32, random
-   seeded weights: speed does not depend on training), generation speed only. The course model's
-   3.5 MB sit in the CPU's cache and its speed is bound by arithmetic; GPT-2's weights stream in
-   from memory for every token, where fewer bytes a weight can pay (``measure.py`` says why).
-   float32 is measured first and again last: the difference is the machine's drift in between.
+   seeded weights: speed does not depend on training), generation speed only, every way built
+   first and then timed together over --gpt2-rounds rounds. The course model's 3.5 MB sit in the
+   CPU's cache and its speed is bound by arithmetic; GPT-2's weights stream in from memory for
+   every token, where fewer bytes a weight can pay (``measure.py`` says why).
 
 What ``quantize_`` does with the tied lm_head: it swaps the ``weight`` Parameter of every
 nn.Linear for a new Parameter holding a quantized tensor subclass. ``lm_head`` is an nn.Linear,
@@ -55,14 +59,7 @@ import torch
 from torch import Tensor
 
 from course_lib.checkpoint import load_checkpoint
-from course_lib.compress.measure import (
-    Measurement,
-    generation_speed,
-    held_out_bpc,
-    measure,
-    prefill_speed,
-    table,
-)
+from course_lib.compress.measure import compare_speed, held_out_bpc, measure, table
 from course_lib.compress.prune import prune_magnitude
 from course_lib.compress.quantize import (
     quantize_bf16,
@@ -121,6 +118,7 @@ GPT2_WAYS: dict[str, Build] = {
     "torchao Int8DynamicActInt8Weight": lambda m: torchao_quantized(
         m, Int8DynamicActivationInt8WeightConfig()
     ),
+    "int4 g32": lambda m: quantize_int4(m, group_size=32),
 }
 
 
@@ -163,39 +161,39 @@ def aligned(rows: list[list[str]], left: int = 1) -> str:
     return "\n".join(lines)
 
 
-def interleaved_speeds(models: dict[str, GPT], n_tokens: int, runs: int, repeats: int):
-    """{name: (best generation tokens/s, best prefill tokens/s)} over ``repeats`` rounds, each
-    round every model once (a median of ``runs``), the order alternating round to round."""
-    best = {name: (0.0, 0.0) for name in models}
-    for r in range(repeats):
-        for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-            gen = generation_speed(models[name], n_tokens, runs)
-            pre = prefill_speed(models[name], runs=runs)
-            best[name] = (max(best[name][0], gen), max(best[name][1], pre))
-    return best
-
-
-def course_rows(args, base: GPT, tokenizer, text: str) -> tuple[list[Measurement], dict]:
-    """Part 1: the course model compressed every way, then Lesson 08's cached checkpoints."""
+def course_rows(args, base: GPT, tokenizer, text: str) -> dict[str, GPT]:
+    """Part 1: the course model compressed every way, then Lesson 08's cached checkpoints, all
+    measured without speed, then timed together; the speeds go into the rows. Returns the
+    models by name."""
     rows, models = [], {}
     for name, build in OURS.items():
         models[name] = build(copy.deepcopy(base)).eval()
-        rows.append(measure(models[name], name, tokenizer, text, n_tokens=args.n_tokens,
-                            runs=args.runs))  # fmt: skip
+        rows.append(measure(models[name], name, tokenizer, text, speed=False))
     folder = checkpoint_dir() / "lesson08"
     if not folder.is_dir():
         print(f"({folder} is missing: run notebooks/08_compression.ipynb to add the pruned and "
               f"distilled rows)")  # fmt: skip
-        return rows, models
-    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for path in sorted(folder.glob("*/")):  # its subfolders; none if it is missing
         try:
             ckpt = load_checkpoint(path)
         except Exception as e:  # a half-written or older checkpoint: say so, go on
             print(f"skipped {path.name}: {type(e).__name__}: {e}")
             continue
-        rows.append(measure(ckpt.model.eval(), path.name, ckpt.tokenizer or tokenizer, text,
-                            n_tokens=args.n_tokens, runs=args.runs))  # fmt: skip
-    return rows, models
+        models[path.name] = ckpt.model.eval()
+        rows.append(measure(models[path.name], path.name, ckpt.tokenizer or tokenizer, text,
+                            speed=False))  # fmt: skip
+    T = base.config.block_size
+    gen, pre = compare_speed(models, args.n_tokens, T=T, rounds=args.rounds)
+    for row in rows:
+        row.tokens_per_s = gen.rate(row.name, args.n_tokens)
+        row.prefill_tokens_per_s = pre.rate(row.name, T)
+    print("\n1. the course model, ratios to float32 (MB: model.safetensors as saved)")
+    print(table(rows))
+    print(f"\ngeneration, {args.n_tokens} tokens a call:")
+    print(gen.table(args.n_tokens, "tokens/s", "model"))
+    print(f"\nprefill, {T} tokens a call:")
+    print(pre.table(T, "tokens/s", "model"))
+    return models
 
 
 def versus_torchao(args, base: GPT, ours: dict[str, GPT], tokenizer, text: str) -> None:
@@ -211,80 +209,72 @@ def versus_torchao(args, base: GPT, ours: dict[str, GPT], tokenizer, text: str) 
     for fmt, model in peers.items():
         models[PEERS[fmt][0]] = ours[PEERS[fmt][0]]
         models[PEERS[fmt][1]] = model
-    speed = interleaved_speeds(models, args.n_tokens, args.runs, args.repeats)
+    T = base.config.block_size
+    gen, pre = compare_speed(models, args.n_tokens, T=T, rounds=args.rounds)
     bpc = {name: held_out_bpc(m, tokenizer, text) for name, m in models.items()}
     size = {name: memory_bytes(m) for name, m in models.items()}
 
-    print(f"\n2. ours vs torchao {torchao.__version__}, the course model: best of "
-          f"{args.repeats} interleaved rounds (each a median of {args.runs}); MB: the weights "
-          f"in memory")  # fmt: skip
+    print(f"\n2. ours vs torchao {torchao.__version__}, the course model: the median of "
+          f"{args.rounds} interleaved rounds, ours / torchao with (in brackets) the middle half "
+          f"of the rounds; MB: the weights in memory")  # fmt: skip
     header = ["format", "way", "MB", "bits/char", "tokens/s", "prefill tokens/s"]
     rows = [header]
 
     def cells(name: str) -> list[str]:
-        gen, pre = speed[name]
-        return [name, f"{size[name] / 1e6:.2f}", f"{bpc[name]:.3f}", f"{gen:.0f}", f"{pre:.0f}"]
+        return [name, f"{size[name] / 1e6:.2f}", f"{bpc[name]:.3f}",
+                f"{gen.rate(name, args.n_tokens):.0f}", f"{pre.rate(name, T):.0f}"]  # fmt: skip
 
     rows.append(["reference", *cells("float32")])
     for fmt in peers:
         mine, theirs, _ = PEERS[fmt]
-        rows.append([fmt, *cells(f"{mine}")])
+        rows.append([fmt, *cells(mine)])
         rows.append(["", *cells(theirs)])
-        (g0, p0), (g1, p1) = speed[mine], speed[theirs]
         rows.append(["", "ours / torchao", f"{size[mine] / size[theirs]:.2f}x",
-                     f"{bpc[mine] - bpc[theirs]:+.3f}", f"{g0 / g1:.2f}x",
-                     f"{p0 / p1:.2f}x"])  # fmt: skip
+                     f"{bpc[mine] - bpc[theirs]:+.3f}", str(gen.speedup(mine, base=theirs)),
+                     str(pre.speedup(mine, base=theirs))])  # fmt: skip
     print(aligned(rows, left=2))
     if skipped:
         print(f"(no torchao row for {', '.join(skipped)}: see above)")
 
 
 def gpt2_part(args) -> None:
-    """Part 3: GPT-2 small's shape, random weights, generation speed of each way."""
+    """Part 3: GPT-2 small's shape, random weights, every way built, then generation timed."""
     t0 = time.perf_counter()
     torch.manual_seed(1337)
     base = GPT(GPTConfig.gpt2()).eval()
-    print(f"\n3. GPT-2 small's shape ({base.num_params():,} parameters, random seeded weights, "
-          f"built in {time.perf_counter() - t0:.0f} s): generation at batch 1, "
-          f"{args.gpt2_tokens} tokens, median of {args.gpt2_runs} after a warm-up; "
-          f"MB: the weights in memory (num_bytes, as saved, less the file's header)")  # fmt: skip
-    results: dict[str, tuple[int, float]] = {}
-
-    def run(label: str, name: str) -> None:
+    models = {}
+    for name, build in GPT2_WAYS.items():
         try:
-            model = GPT2_WAYS[name](copy.deepcopy(base) if name != "float32" else base).eval()
+            models[name] = build(copy.deepcopy(base) if name != "float32" else base).eval()
         except Exception as e:
             print(f"skipped {name}: {type(e).__name__}: {e}")
-            return
-        speed = generation_speed(model, args.gpt2_tokens, args.gpt2_runs)
-        results[label] = (memory_bytes(model), speed)
-        print(f"  {label}: {speed:.2f} tokens/s", flush=True)
-
-    for name in GPT2_WAYS:
-        run(name, name)
-    run("float32, again at the end", "float32")  # the drift of the machine's load meanwhile
-    first_bytes, first_speed = results["float32"]
-    rows = [["way", "MB", "bytes x", "tokens/s", "speed x"]]
-    for label, (nbytes, speed) in results.items():
-        rows.append([label, f"{nbytes / 1e6:.0f}", f"{nbytes / first_bytes:.2f}",
-                     f"{speed:.2f}", f"{speed / first_speed:.2f}"])  # fmt: skip
+    print(f"\n3. GPT-2 small's shape ({base.num_params():,} parameters, random seeded weights, "
+          f"{len(models)} ways built in {time.perf_counter() - t0:.0f} s): generation at batch 1, "
+          f"{args.gpt2_tokens} tokens a call; MB: the weights in memory (num_bytes, as saved, "
+          f"less the file's header)")  # fmt: skip
+    gen, _ = compare_speed(models, args.gpt2_tokens, rounds=args.gpt2_rounds, prefill=False)
+    first = memory_bytes(models["float32"])
+    rows = [["way", "MB", "bytes x"]]
+    for name, model in models.items():
+        nbytes = memory_bytes(model)
+        rows.append([name, f"{nbytes / 1e6:.0f}", f"{nbytes / first:.2f}"])
     print(aligned(rows))
+    print(f"\ngeneration, {args.gpt2_tokens} tokens a call:")
+    print(gen.table(args.gpt2_tokens, "tokens/s", "way"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    quick = f"a smoke test: fewer runs and tokens, {QUICK_CHARS:,} characters of text"
+    quick = f"a smoke test: fewer rounds and tokens, {QUICK_CHARS:,} characters of text"
     parser.add_argument("--quick", action="store_true", help=quick)
-    parser.add_argument("--runs", type=int, help="timed runs a speed, median (default 5; quick 2)")
-    parser.add_argument("--n-tokens", type=int, help="generated a run (default 64; quick 16)")
-    parser.add_argument("--repeats", type=int, help="ours vs torchao rounds (default 3; quick 1)")
-    parser.add_argument("--gpt2-tokens", type=int, help="GPT-2 tokens a run (default 16; quick 8)")
-    parser.add_argument("--gpt2-runs", type=int, help="GPT-2 timed runs (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, help="timed rounds, parts 1-2 (default 7; quick 3)")
+    parser.add_argument("--n-tokens", type=int, help="generated a call (default 64; quick 16)")
+    parser.add_argument("--gpt2-tokens", type=int, help="GPT-2 tokens a call (default 16; quick 8)")
+    parser.add_argument("--gpt2-rounds", type=int, help="GPT-2 timed rounds (default 3; quick 1)")
     parser.add_argument("--skip-gpt2", action="store_true", help="leave out part 3")
     parser.add_argument("--threads", type=int, default=2, help="the reference machine has 2")
     args = parser.parse_args()
-    defaults = dict(runs=(5, 2), n_tokens=(64, 16), repeats=(3, 1), gpt2_tokens=(16, 8),
-                    gpt2_runs=(3, 1))  # fmt: skip
+    defaults = dict(rounds=(7, 3), n_tokens=(64, 16), gpt2_tokens=(16, 8), gpt2_rounds=(3, 1))
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -302,11 +292,9 @@ def main() -> None:
     c = base.config
     print(f"course model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context "
           f"{c.block_size}, vocab {c.vocab_size}; held-out text {len(text):,} characters; "
-          f"{args.n_tokens} tokens a generation run, median of {args.runs}")  # fmt: skip
+          f"{args.n_tokens} tokens a generation call, {args.rounds} rounds")  # fmt: skip
 
-    rows, ours = course_rows(args, base, ckpt.tokenizer, text)
-    print("\n1. the course model, ratios to float32 (MB: model.safetensors as saved)")
-    print(table(rows))
+    ours = course_rows(args, base, ckpt.tokenizer, text)
     versus_torchao(args, base, ours, ckpt.tokenizer, text)
     if not args.skip_gpt2:
         gpt2_part(args)

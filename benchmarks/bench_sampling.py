@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/bench_sampling.py                  # 500 tokens, context 1024
     .venv/bin/python benchmarks/bench_sampling.py --new-tokens 100 --block-size 128 --threads 1
+    .venv/bin/python benchmarks/bench_sampling.py --new-tokens 20 --block-size 128 --rounds 3
 
 Run by hand, never in the test suite. One model, GPTConfig.course(block_size=1024), random
 (seeded) weights: the speed does not depend on training. It generates --new-tokens greedy
 tokens, batch 1, from a prompt of 8 random token ids, three ways: course_lib ``generate`` with
 the KV cache, without it (the whole window through the model for every token, the reference),
-and ``GPT2LMHeadModel.generate`` on the same weights (``GPT.to_hf()``), with its cache. Each is
-warmed up once (10 tokens), then timed, the best of --repeats runs that alternate the order.
+and ``GPT2LMHeadModel.generate`` on the same weights (``GPT.to_hf()``), with its cache. The
+three are timed side by side (``course_lib.timing.compare``): after a warm-up call each, --rounds
+rounds that call every way once in a rotating order; the median of the rounds, in brackets
+their middle half. Then each runs once more, untimed, to check that they give the same tokens.
 
 The context is 1024 here, not the course model's own (course_lib's default block_size, shorter),
 so that prompt and new tokens fit in it for all three. Past the context course_lib's generate
@@ -18,7 +21,6 @@ cannot go past n_positions, so a --block-size under prompt + --new-tokens is ref
 
 import argparse
 import os
-import time
 
 import torch
 import transformers
@@ -26,15 +28,10 @@ import transformers
 from course_lib.env import get_device
 from course_lib.model import GPT, GPTConfig
 from course_lib.sampling import generate
+from course_lib.timing import compare
 
 AIM = 5.0  # uncached / cached time
 PROMPT = 8  # prompt tokens
-WARMUP = 10  # new tokens, untimed, per way first
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def agree(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -47,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new-tokens", type=int, default=500)
     parser.add_argument("--block-size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3, help="best of, interleaved")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds, interleaved")
     parser.add_argument("--threads", type=int, default=2, help="the reference machine has 2")
     parser.add_argument("--device", help="default: cuda, then mps, then cpu")
     args = parser.parse_args()
@@ -74,17 +71,9 @@ def main() -> None:
         "course_lib, no cache": lambda n: generate(ours, ids, n, greedy=True, use_cache=False),
         "transformers generate": run_hf,
     }
-    for way in ways.values():
-        way(WARMUP)
-    best = dict.fromkeys(ways, float("inf"))
-    out = {}
-    for r in range(args.repeats):  # interleaved, the order alternating
-        for name in list(ways)[:: 1 if r % 2 == 0 else -1]:
-            sync(device)
-            t0 = time.perf_counter()
-            out[name] = ways[name](N)
-            sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    cases = {name: lambda way=way: way(N) for name, way in ways.items()}
+    timings = compare(cases, rounds=args.rounds)
+    out = {name: way(N) for name, way in ways.items()}  # the ids, to check that they agree
 
     hc = hf.config
     print(f"torch {torch.__version__}, transformers {transformers.__version__}; device {device}, "
@@ -93,17 +82,17 @@ def main() -> None:
     print(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
           f"vocab {c.vocab_size}; {ours.num_params():,} parameters")  # fmt: skip
     print(f"HF attention: {hc._attn_implementation}; prompt {PROMPT} random ids, batch 1, greedy")
-    print(f"\n{f'{N} new tokens, best of {args.repeats}':<28}{'seconds':>9}{'tokens/s':>10}")
-    for name, t in best.items():
-        print(f"{name:<28}{t:>9.3f}{N / t:>10,.1f}")
+    print()
+    print(timings.table(N, "tokens/s", f"{N} new tokens"))
     cached, uncached, ref = out.values()
     for name, other in (("no cache", uncached), ("transformers", ref)):
         n = agree(cached, other)
         same = "the same" if n == N else f"the same for the first {n}, then differ"
         print(f"greedy ids, KV cache vs {name}: {same} ({n}/{N})")
-    t_cached, t_uncached, t_hf = best.values()
-    print(f"\nuncached / cached time: {t_uncached / t_cached:.2f}x (aim >= {AIM:.0f}x)")
-    print(f"Hugging Face / ours-cached time: {t_hf / t_cached:.2f}x (ours faster if > 1)")
+    ratio = timings.speedup("course_lib, KV cache", base="course_lib, no cache")
+    print(f"\nwith the KV cache, times as fast as without: {ratio} (aim >= {AIM:.0f})")
+    ratio = timings.speedup("course_lib, KV cache", base="transformers generate")
+    print(f"ours with the cache, times as fast as Hugging Face's: {ratio} (ours faster if > 1)")
 
 
 if __name__ == "__main__":

@@ -2,23 +2,27 @@
 
     .venv/bin/python benchmarks/bench_tokenizer.py                      # vocab 2048
     .venv/bin/python benchmarks/bench_tokenizer.py --vocab-size 2048 4096
+    .venv/bin/python benchmarks/bench_tokenizer.py --vocab-size 512 --rounds 1   # a smoke test
 
 Training: `BPETokenizer.train` vs `tokenizers`' BpeTrainer (byte-level alphabet, same
 <|endoftext|> special token) on the pretraining plays, at the same vocabulary size. The
 trainer gets the same single string as ours, and also the plays as a list, which lets it use
-every core (our trainer uses one). Encoding: characters per second on the validation plays.
-Times are the best of --repeats runs.
+every core (our trainer uses one); its speed is the pretraining plays' characters a second.
+Encoding: characters per second on the validation plays. The ways of a table are timed side by
+side (``course_lib.timing.compare``): after a warm-up call each, --rounds rounds that call every
+way once in a rotating order; the median of the rounds, in brackets their middle half.
 """
 
 import argparse
 import os
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from course_lib.data import load_splits
+from course_lib.timing import compare
 from course_lib.tokenizer import BPETokenizer
 
 
@@ -26,15 +30,6 @@ def load_plays() -> tuple[list[str], list[str]]:
     """(pretraining plays, validation plays), each a list of texts, from course_lib.data."""
     splits = load_splits()
     return [w.text for w in splits.train.values()], [w.text for w in splits.val.values()]
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
 
 
 def hf_train(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -57,29 +52,31 @@ def ours_train(text: str, vocab_size: int) -> BPETokenizer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab-size", type=int, nargs="+", default=[2048])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, interleaved")
     args = parser.parse_args()
 
     train, val = load_plays()
     text, val_text = "\n".join(train), "\n".join(val)
     print(
         f"pretraining plays: {len(train)} ({len(text):,} chars); validation plays: {len(val)} "
-        f"({len(val_text):,} chars); {os.cpu_count()} CPUs; best of {args.repeats}"
+        f"({len(val_text):,} chars); {os.cpu_count()} CPUs"
     )
 
-    print(f"\n{'training':<36}{'vocab':>6}{'seconds':>9}{'ours / this':>13}")
     for vocab_size in args.vocab_size:
-        t_ours, ours = best_time(lambda v=vocab_size: ours_train(text, v), args.repeats)
-        t_one, hf = best_time(lambda v=vocab_size: hf_train([text], v), args.repeats)
-        t_list, _ = best_time(lambda v=vocab_size: hf_train(train, v), args.repeats)
-        print(f"{'course_lib BPETokenizer.train':<36}{vocab_size:>6}{t_ours:>9.2f}{'':>13}")
-        print(f"{'tokenizers BpeTrainer, one string':<36}{vocab_size:>6}{t_one:>9.2f}"
-              f"{t_ours / t_one:>12.2f}x")  # fmt: skip
-        print(f"{'tokenizers BpeTrainer, list of plays':<36}{vocab_size:>6}{t_list:>9.2f}"
-              f"{t_ours / t_list:>12.2f}x")  # fmt: skip
+        cases = {
+            "course_lib BPETokenizer.train": partial(ours_train, text, vocab_size),
+            "tokenizers BpeTrainer, one string": partial(hf_train, [text], vocab_size),
+            "tokenizers BpeTrainer, list of plays": partial(hf_train, train, vocab_size),
+        }
+        timings = compare(cases, rounds=args.rounds)
+        print()
+        print(timings.table(len(text), "chars/s", f"training, vocab {vocab_size}"))
 
-    # Encoding, with the tokenizers of the last vocab size. A fresh BPETokenizer has an empty
-    # word cache ("cold"); encoding the same text again finds every word cached ("warm").
+    # Encoding, with the tokenizers of the last vocab size, trained once more (compare keeps no
+    # results). A fresh BPETokenizer has an empty word cache ("cold"); encoding the same text
+    # again finds every word cached ("warm").
+    last = args.vocab_size[-1]
+    ours, hf = ours_train(text, last), hf_train([text], last)
     tmp = tempfile.TemporaryDirectory()  # removed when the script ends
     path = Path(tmp.name) / "tokenizer.json"
     ours.save(path)
@@ -91,22 +88,17 @@ def main() -> None:
 
     warm = BPETokenizer.load(path)
     warm.encode(val_text)
-    rows = [
-        ("tokenizers (its own trained BPE) encode", lambda: hf.encode(val_text).ids),
-        ("course_lib encode, cold cache", cold),
-        ("course_lib encode, warm cache", lambda: warm.encode(val_text)),
-        ("course_lib fast().encode", lambda: fast.encode(val_text).ids),
-        ("course_lib fast().encode_batch(plays)", lambda: fast.encode_batch(val)),
-    ]
-    header = f"encoding the validation plays (vocab {ours.vocab_size})"
-    print(f"\n{header:<42}{'chars/s':>12}{'vs tokenizers':>15}")
-    t_hf = None
-    for name, fn in rows:
-        t, ids = best_time(fn, args.repeats)
-        t_hf = t_hf or t
-        print(f"{name:<42}{n / t:>12,.0f}{t_hf / t:>14.2f}x")
-        if name == "course_lib encode, cold cache":
-            assert ids == fast.encode(val_text).ids, "pure-Python and fast path disagree"
+    assert cold() == fast.encode(val_text).ids, "pure-Python and fast path disagree"
+    cases = {
+        "tokenizers (its own trained BPE) encode": lambda: hf.encode(val_text).ids,
+        "course_lib encode, cold cache": cold,
+        "course_lib encode, warm cache": lambda: warm.encode(val_text),
+        "course_lib fast().encode": lambda: fast.encode(val_text).ids,
+        "course_lib fast().encode_batch(plays)": lambda: fast.encode_batch(val),
+    }
+    timings = compare(cases, rounds=args.rounds)
+    print()
+    print(timings.table(n, "chars/s", f"encoding the validation plays (vocab {ours.vocab_size})"))
 
 
 if __name__ == "__main__":

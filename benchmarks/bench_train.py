@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/bench_train.py                   # GPTConfig.course(), batch 32
     .venv/bin/python benchmarks/bench_train.py --n-layer 3 --n-embd 128 --block-size 128
+    .venv/bin/python benchmarks/bench_train.py --n-layer 1 --block-size 32 --batch-size 2 \
+        --steps 2 --rounds 3                                    # a smoke test
 
 Run by hand, never in the test suite. Both models have the same weights (``GPT.to_hf()``),
 no dropout, and train on the same random token batches: a full step is forward with targets
 (labels) to the loss, backward, an AdamW step and zero_grad, with the same AdamW settings.
-Throughput is tokens per second over --steps steps, the best of --repeats runs that alternate
-the two models. MFU: model FLOPs per second (6N + 12 L C T per token, nanoGPT's estimate_mfu)
+Throughput is tokens per second over --steps steps, the two models timed side by side
+(``course_lib.timing.compare``): after --warmup untimed calls of --steps steps each, --rounds
+rounds that train each model once in a rotating order; the median of the rounds, in brackets
+their middle half. MFU: model FLOPs per second (6N + 12 L C T per token, nanoGPT's estimate_mfu)
 over the float32 matmul peak measured in the same run. Quality (validation bits per character
 in equal wall-clock time, against nanoGPT's character-level baby GPT) comes with
 ``--quality MINUTES``: the course model and the baby GPT, each probed and then trained for that
@@ -16,7 +20,6 @@ long by ``sweep_course_model.py``'s code (2 x 7.5 minutes for the course's own c
 
 import argparse
 import os
-import time
 
 import torch
 import transformers
@@ -26,35 +29,25 @@ from course_lib.env import get_device
 from course_lib.metrics import matmul_peak
 from course_lib.model import GPT, GPTConfig
 from course_lib.optim import configure_optimizer
+from course_lib.timing import compare
 
 AIM = 1.2  # ours / Hugging Face, tokens per second
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def make_steps(model, optimizer, batches, hf: bool):
+    """A function that takes one training step of ``model`` on each of ``batches``."""
 
+    def steps() -> None:
+        for x, y in batches:
+            # Hugging Face shifts labels inside (it predicts T - 1 positions, the last one
+            # padded with -100 and ignored), so labels=x; ours takes the shifted targets y. Both
+            # compute the same (B, T, vocab) logits and cross-entropy over them: equal work.
+            loss = model(input_ids=x, labels=x).loss if hf else model(x, y).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-def make_step(model, optimizer, hf: bool):
-    def step(x, y):
-        # Hugging Face shifts labels inside (it predicts T - 1 positions, the last one padded
-        # with -100 and ignored), so labels=x; ours takes the shifted targets y. Both compute
-        # the same (B, T, vocab) logits and cross-entropy over them: the work is equal.
-        loss = model(input_ids=x, labels=x).loss if hf else model(x, y).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def run_steps(step, batches, device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for x, y in batches:
-        step(x, y)
-    sync(device)
-    return time.perf_counter() - t0
+    return steps
 
 
 def main() -> None:
@@ -64,9 +57,9 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int)
     parser.add_argument("--block-size", type=int)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.course().batch_size)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="training steps a timed call")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model first")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds, interleaved")
     parser.add_argument("--threads", type=int, default=2, help="the reference machine has 2")
     parser.add_argument("--device", help="default: cuda, then mps, then cpu")
     parser.add_argument(
@@ -97,16 +90,11 @@ def main() -> None:
         hf.parameters(), lr=settings.lr, betas=settings.betas,
         weight_decay=settings.weight_decay, fused=device.type == "cuda",
     )  # fmt: skip
-    steps = {
-        "course_lib GPT": make_step(ours, configure_optimizer(ours, settings), hf=False),
-        "transformers GPT2LMHeadModel": make_step(hf, hf_opt, hf=True),
+    cases = {
+        "course_lib GPT": make_steps(ours, configure_optimizer(ours, settings), batches, hf=False),
+        "transformers GPT2LMHeadModel": make_steps(hf, hf_opt, batches, hf=True),
     }
-    for step in steps.values():
-        run_steps(step, batches[: args.warmup], device)
-    best = dict.fromkeys(steps, float("inf"))
-    for r in range(args.repeats):  # interleaved, the first model alternating
-        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
-            best[name] = min(best[name], run_steps(steps[name], batches, device))
+    timings = compare(cases, rounds=args.rounds, warmup=args.warmup)
 
     peak = matmul_peak(device)
     # N: every matrix a token goes through, the tied wte/lm_head once (as lm_head); wpe is a lookup.
@@ -121,20 +109,17 @@ def main() -> None:
           f"max |logit diff| {diff:.1e}")  # fmt: skip
     print(f"FLOPs per token {flops_per_token:,} (6N + 12LCT, N = {n:,}); measured float32 matmul "
           f"peak {peak / 1e9:,.1f} GFLOP/s")  # fmt: skip
-    print(f"\n{f'training step, best of {args.repeats} x {args.steps}':<32}{'tokens/s':>11}"
-          f"{'ms/step':>9}{'MFU':>8}{'ours / this':>13}")  # fmt: skip
-    t_ours = best["course_lib GPT"]
-    for name, t in best.items():
-        tok_s = B * T * args.steps / t
-        ratio = "" if name == "course_lib GPT" else f"{t / t_ours:.2f}x"
-        print(f"{name:<32}{tok_s:>11,.0f}{1e3 * t / args.steps:>9.1f}"
-              f"{tok_s * flops_per_token / peak:>8.1%}{ratio:>13}")  # fmt: skip
-    print(f"aim: ours / Hugging Face >= {AIM:.1f}x (tokens/s)")
+    print()
+    print(timings.table(B * T * args.steps, "tokens/s", f"training, {args.steps} steps a call"))
+    mfu = {name: timings.rate(name, B * T * args.steps) * flops_per_token / peak for name in cases}
+    print("MFU at the median speed: " + "; ".join(f"{name}: {m:.1%}" for name, m in mfu.items()))
+    ratio = timings.speedup("course_lib GPT", base="transformers GPT2LMHeadModel")
+    print(f"ours, times as fast as Hugging Face (tokens/s): {ratio} (aim >= {AIM:.1f})")
     if args.quality:
-        from sweep_course_model import COURSE, compare, print_table  # beside this script
+        import sweep_course_model as sweep  # beside this script
 
         print(f"\nvalidation bits per character after {args.quality} minutes of training each:")
-        print_table(compare([COURSE, "baby"], args.quality))
+        sweep.print_table(sweep.compare([sweep.COURSE, "baby"], args.quality))
 
 
 if __name__ == "__main__":

@@ -133,8 +133,8 @@ def test_generation_speed_feeds_one_token_at_a_time(train):
     speed = generation_speed(model, n_tokens=5, runs=3, prompt_len=4)
     assert math.isfinite(speed) and speed > 0
     assert model.training is train
-    one_run = [((1, 4), 0)] + [((1, 1), 4 + i) for i in range(5)]
-    assert passes == one_run * 4  # a warm-up run, then 3 timed ones
+    one_run = [((1, 1), 4 + i) for i in range(5)]  # each after the prompt, read once
+    assert passes == [((1, 4), 0)] + one_run * 4  # a warm-up run, then 3 timed ones
 
 
 @pytest.mark.parametrize("train", [True, False])

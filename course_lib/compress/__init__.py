@@ -9,12 +9,13 @@ samples and evaluates like any other (``course-lib compress`` on the command lin
   removed by importance (smaller matrices).
 - ``distill``: a smaller student trained on a teacher's soft targets.
 - ``measure``: what each costs and saves, in one table: weights, bytes on disk, bits per
-  character on held-out text, tokens per second.
+  character on held-out text, tokens per second (timed with ``course_lib.timing``).
 """
 
 from course_lib.compress.distill import DistillationLoss, distill, distill_loss
 from course_lib.compress.measure import (
     Measurement,
+    compare_speed,
     count_weights,
     disk_bytes,
     generation_speed,
@@ -51,6 +52,7 @@ __all__ = [
     "Int8Linear",
     "Measurement",
     "QuantizedEmbedding",
+    "compare_speed",
     "count_weights",
     "dequantize",
     "disk_bytes",

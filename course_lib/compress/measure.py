@@ -14,13 +14,16 @@ Lesson 08 (compression) uses this to compare every way of compressing on the sam
   reading the prompt, all its positions in one forward pass, many tokens a matrix multiply.
 
 Why fewer bytes need not mean more speed. Generating one token reads every weight once and
-does one multiply-add with it. The course model's 3.5 MB fit in a CPU's cache, so its
-speed is bound by the arithmetic (compute-bound), and a quantized layer that dequantizes its
-codes to float32 before multiplying does more work, not less. GPT-2 small's 500 MB do not fit:
-they stream in from memory for every token (memory-bound), and there fewer bytes per weight
-pay, provided the kernel reads the small codes directly (``use_int8_kernel``). Prefill reuses
-each weight for many tokens, so it stays compute-bound on any model. Timings depend on the
-machine and on what else runs on it: compare them on one machine, in one session.
+does one multiply-add with it. The course model's 3.5 MB fit in a CPU's cache, and its matrices
+are small: a token is dozens of small operations, each over in microseconds, so Python and the
+launching of operations set the pace (overhead-bound: a few GFLOP/s, a few percent of what the
+CPU multiplies at), and a quantized layer that dequantizes its codes to float32 before
+multiplying adds work. GPT-2 small's 500 MB do not fit: they stream in from memory for every
+token (memory-bound), and there fewer bytes per weight pay, provided the kernel reads the
+small codes directly (``use_int8_kernel``). Prefill reuses each weight for many tokens, so it
+is bound by the arithmetic (compute-bound) on any model. Timings depend on the machine and on
+what else runs on it: ``compare_speed`` times models side by side (``course_lib.timing``), and
+timings compare only on one machine, in one session.
 
     >>> from course_lib.compress.measure import measure, table
     >>> from course_lib.compress.quantize import quantize_int8
@@ -39,10 +42,9 @@ has as many as before, however few bytes each.)
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -51,9 +53,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from course_lib.attention import KVCache
 from course_lib.checkpoint import WEIGHTS, save_checkpoint
 from course_lib.metrics import bits_per_char, evaluate_all
 from course_lib.model import GPT
+from course_lib.timing import Timings, compare
 
 # table()'s columns: bytes and speeds as ratios to the first row ("x"), bits/char as a difference.
 TABLE_COLUMNS = ("model", "params", "MB on disk", "bytes x", "bits/char", "bpc delta",
@@ -119,59 +123,56 @@ def held_out_bpc(model: GPT, tokenizer: Tokenizer, text: str) -> float:
 def generation_speed(model: GPT, n_tokens: int = 64, runs: int = 5, prompt_len: int = 16) -> float:
     """Tokens per second generating ``n_tokens`` tokens after a ``prompt_len``-token prompt, at
     batch 1 with the KV cache: each token one forward pass of one position, and the most likely
-    next token taken (greedy: the same work every run). The prompt is read before the clock
-    starts (that is prefill). The median of ``runs`` timed runs after one warm-up run."""
-    _check_count("n_tokens", n_tokens)
+    next token taken (greedy: the same work every run). The prompt is read once, before any
+    clock starts (that is prefill). The median of ``runs`` timed runs after a warm-up run
+    (``timing.compare``)."""
     _check_count("runs", runs)
-    _check_count("prompt_len", prompt_len)
-    block = model.config.block_size
-    if prompt_len + n_tokens > block:
-        fix = f"n_tokens={block - prompt_len} or fewer, or a shorter prompt_len"
-        if prompt_len >= block:
-            fix = f"a prompt_len below {block}, e.g. prompt_len={block // 2}"
-        raise ValueError(
-            f"prompt_len={prompt_len} + n_tokens={n_tokens} = {prompt_len + n_tokens} tokens do "
-            f"not fit the context block_size={block}, and the KV cache holds them all: use {fix}"
-        )
-    device = _device(model)
-    prompt = _tokens(model, prompt_len, 1, device)
-
-    def run() -> float:
-        cache = model.new_kv_cache()
-        logits = model(prompt, kv_cache=cache).logits
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(n_tokens):
-            token = logits[:, -1].argmax(dim=-1, keepdim=True)  # (1, 1)
-            logits = model(token, kv_cache=cache).logits
-        _sync(device)
-        return time.perf_counter() - start
-
-    return n_tokens / _median_time(model, run, runs)
+    gen, _ = compare_speed({"": model}, n_tokens, prompt_len, prefill=False, rounds=runs)
+    return gen.rate("", n_tokens)
 
 
 def prefill_speed(model: GPT, T: int | None = None, runs: int = 5, batch_size: int = 1) -> float:
     """Tokens per second reading a prompt: one forward pass over ``batch_size`` sequences of
     ``T`` tokens (default: the whole context) into a new KV cache, as generation starts. The
-    median of ``runs`` timed runs after one warm-up run."""
+    median of ``runs`` timed runs after a warm-up run (``timing.compare``)."""
     block = model.config.block_size
     T = block if T is None else T
-    _check_count("T", T)
     _check_count("runs", runs)
+    _, pre = compare_speed({"": model}, generate=False, T=T, batch_size=batch_size, rounds=runs)
+    return pre.rate("", batch_size * T)
+
+
+def compare_speed(
+    models: dict[str, GPT],
+    n_tokens: int = 64,
+    prompt_len: int = 16,
+    *,
+    T: int | None = None,
+    batch_size: int = 1,
+    rounds: int = 7,
+    threads: int | None = None,
+    generate: bool = True,
+    prefill: bool = True,
+) -> tuple[Timings | None, Timings | None]:
+    """Generation and prefill of several models, timed side by side in interleaved rounds
+    (``timing.compare``), so that their ratios mean something. Generation: ``n_tokens`` greedy
+    tokens at batch 1 after a ``prompt_len``-token prompt read before the clock; prefill: a
+    forward pass over (``batch_size``, ``T``) tokens, T the whole context by default. Returns
+    (generation, prefill) ``Timings`` (None for the one not asked for), timed with ``threads``
+    PyTorch threads (default: as set); print them with
+    ``.table(work=n_tokens, unit="tokens/s")`` and ``.table(work=batch_size * T, ...)``."""
+    _check_count("n_tokens", n_tokens)
+    _check_count("prompt_len", prompt_len)
     _check_count("batch_size", batch_size)
-    if block < T:
-        raise ValueError(f"T={T} is longer than the context block_size={block}: use T={block}")
-    device = _device(model)
-    idx = _tokens(model, T, batch_size, device)
-
-    def run() -> float:
-        _sync(device)
-        start = time.perf_counter()
-        model(idx, kv_cache=model.new_kv_cache())
-        _sync(device)
-        return time.perf_counter() - start
-
-    return batch_size * T / _median_time(model, run, runs)
+    gen = pre = None
+    with _eval(models.values()):
+        if generate:
+            cases = {n: _generation_call(m, n_tokens, prompt_len) for n, m in models.items()}
+            gen = compare(cases, rounds=rounds, threads=threads)
+        if prefill:
+            cases = {n: _prefill_call(m, T, batch_size) for n, m in models.items()}
+            pre = compare(cases, rounds=rounds, threads=threads)
+    return gen, pre
 
 
 def measure(
@@ -264,19 +265,58 @@ def _tokens(model: GPT, T: int, batch_size: int, device: torch.device) -> Tensor
     return (torch.arange(n, device=device) * 7919 % model.config.vocab_size).view(batch_size, T)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _generation_call(model: GPT, n_tokens: int, prompt_len: int) -> Callable[[], None]:
+    """A function that generates ``n_tokens`` greedy tokens after a prompt read once, here: each
+    call starts from the same prompt's cache (its tensors are kept, never written to)."""
+    block = model.config.block_size
+    if prompt_len + n_tokens > block:
+        fix = f"n_tokens={block - prompt_len} or fewer, or a shorter prompt_len"
+        if prompt_len >= block:
+            fix = f"a prompt_len below {block}, e.g. prompt_len={block // 2}"
+        raise ValueError(
+            f"prompt_len={prompt_len} + n_tokens={n_tokens} = {prompt_len + n_tokens} tokens do "
+            f"not fit the context block_size={block}, and the KV cache holds them all: use {fix}"
+        )
+    prompt = _tokens(model, prompt_len, 1, _device(model))
+    with torch.inference_mode():
+        read = model.new_kv_cache()
+        first = model(prompt, kv_cache=read).logits[:, -1]  # (1, vocab_size)
+
+    @torch.inference_mode()
+    def run() -> None:
+        cache = [KVCache(layer.k, layer.v) for layer in read]  # the prompt, read
+        logits = first
+        for _ in range(n_tokens):
+            token = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
+            logits = model(token, kv_cache=cache).logits[:, -1]
+
+    return run
 
 
-@torch.inference_mode()
-def _median_time(model: GPT, run: Callable[[], float], runs: int) -> float:
-    """The median of ``runs`` calls of ``run()`` (each returning seconds), after one warm-up
-    call, in eval mode (the model's mode restored after)."""
-    was_training = model.training
-    model.eval()
+def _prefill_call(model: GPT, T: int | None, batch_size: int) -> Callable[[], None]:
+    block = model.config.block_size
+    T = block if T is None else T
+    _check_count("T", T)
+    if block < T:
+        raise ValueError(f"T={T} is longer than the context block_size={block}: use T={block}")
+    idx = _tokens(model, T, batch_size, _device(model))
+
+    @torch.inference_mode()
+    def run() -> None:
+        model(idx, kv_cache=model.new_kv_cache())
+
+    return run
+
+
+@contextmanager
+def _eval(models: Iterable[GPT]) -> Iterator[None]:
+    """The models in eval mode (no dropout) while timed, each one's mode restored after."""
+    models = list(models)
+    modes = [m.training for m in models]
     try:
-        run()
-        return statistics.median([run() for _ in range(runs)])
+        for m in models:
+            m.eval()
+        yield
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
