@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from course_lib import env
+from course_lib.errors import CourseError
 
 if TYPE_CHECKING:  # imported when a command runs: `course-lib --help` stays quick
     from course_lib.checkpoint import Checkpoint
@@ -144,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path = args.checkpoint or env.checkpoint_dir() / "course"
     ckpt = load_checkpoint(path, device=args.device or env.get_device(), which=args.which)
     if any(c["change"] == add_classifier.change_name for c in ckpt.model.changes):
-        raise ValueError(f"{path} is a classifier: it scores labels, not next tokens")
+        raise CourseError(f"{path} is a classifier: it scores labels, not next tokens")
     tok = _require_tokenizer(ckpt, path)
     if args.text in SPLITS:  # each work followed by <|endoftext|>, as the token files are
         splits = data.load_splits()
@@ -170,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ids = data.encode_splits(parts, tok)["val"]
         n_chars = sum(len(w.text) for w in parts.val.values())
     if len(ids) < 2:
-        raise ValueError(f"{args.text} is {len(ids)} token(s): give a longer text")
+        raise CourseError(f"{args.text} is {len(ids)} token(s): give a longer text")
     block = min(ckpt.config.block_size, len(ids) - 1)
     loss = evaluate_all(ckpt.model, ids, block)
     bpc = bits_per_char(loss, len(ids), n_chars)

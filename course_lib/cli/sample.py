@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from course_lib import env
+from course_lib.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     path = args.checkpoint or env.checkpoint_dir() / "course"
     if not args.greedy:  # before loading anything: a typo in an option fails at once
-        check_sampling(args.temperature, args.top_k, args.top_p)
+        try:
+            check_sampling(args.temperature, args.top_k, args.top_p)
+        except ValueError as err:  # an option out of range: bad usage, exit 2
+            raise UsageError(str(err)) from None
     ckpt = load_checkpoint(path, device=args.device or env.get_device())
     tok = ckpt.tokenizer
     if tok is None:

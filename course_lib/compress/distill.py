@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.config import TrainConfig
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train import Batch, BatchSource, TrainResult, train
@@ -74,12 +75,12 @@ def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 2.0)
     """
     _check_temperature(T)
     if student_logits.dim() == 0 or teacher_logits.dim() == 0:
-        raise ValueError("logits must be (..., V), one score per vocabulary entry; got a scalar")
+        raise CourseError("logits must be (..., V), one score per vocabulary entry; got a scalar")
     V_s, V_t = student_logits.size(-1), teacher_logits.size(-1)
     if V_s != V_t:
         raise _vocab_error(V_s, V_t)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise CourseError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits "
             f"{tuple(teacher_logits.shape)} differ in shape: give both (..., V) for the same "
             f"batch of positions (run the teacher on the student's x)"
@@ -106,7 +107,7 @@ class DistillationLoss:
     def __init__(self, teacher: GPT, T: float = 2.0, alpha: float = 0.5) -> None:
         _check_temperature(T)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(
+            raise CourseError(
                 f"alpha={alpha!r}, expected a weight in [0, 1]: the share of the distillation "
                 f"loss (1 - alpha goes to the next-token loss), e.g. 0.5"
             )
@@ -119,7 +120,7 @@ class DistillationLoss:
 
     def __call__(self, net: nn.Module, batch: Batch) -> Tensor:
         if len(batch) != 2:
-            raise ValueError(
+            raise CourseError(
                 f"DistillationLoss takes batches (x, y) of token ids (B, T), got a batch of "
                 f"{len(batch)} tensors: train on token streams or a source of (x, y) batches"
             )
@@ -158,13 +159,13 @@ def distill(
     ``train_loss`` and ``val_loss`` are the distillation loss the student trains on.
     """
     if student is teacher:
-        raise ValueError("student and teacher are the same model: build a new, smaller student")
+        raise CourseError("student and teacher are the same model: build a new, smaller student")
     V_s, V_t = student.config.vocab_size, teacher.config.vocab_size
     if V_s != V_t:
         raise _vocab_error(V_s, V_t)
     block_size = config.block_size or student.config.block_size
     if block_size > teacher.config.block_size:
-        raise ValueError(
+        raise CourseError(
             f"training windows of {block_size} tokens are longer than the teacher's context "
             f"(block_size={teacher.config.block_size}): train with "
             f"TrainConfig(block_size={teacher.config.block_size}) or less"
@@ -175,14 +176,14 @@ def distill(
 
 def _check_temperature(T: float) -> None:
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not (math.isfinite(T) and T > 0):
-        raise ValueError(
+        raise CourseError(
             f"T={T!r}, expected a positive finite temperature: 1 keeps the teacher's "
             f"distribution, larger softens it (2 to 4 is usual)"
         )
 
 
-def _vocab_error(V_s: int, V_t: int) -> ValueError:
-    return ValueError(
+def _vocab_error(V_s: int, V_t: int) -> CourseError:
+    return CourseError(
         f"the student's vocabulary ({V_s}) differs from the teacher's ({V_t}): the soft targets "
         f"would not line up; build the student with the teacher's vocab_size and tokenizer"
     )
