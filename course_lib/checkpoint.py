@@ -255,6 +255,17 @@ def _load(path: str | Path, device: str | torch.device | None) -> Checkpoint:
     return Checkpoint(folder, model, config, tokenizer, state, meta.get("train"), meta.get("run"))
 
 
+def require_tokenizer(ckpt: Checkpoint, path: str | Path, what: str = "text") -> BPETokenizer:
+    """The tokenizer of ``ckpt``, loaded from ``path``; a CheckpointError naming the fix if it
+    has none, since then ``what`` ("text", "a prompt") cannot become token ids."""
+    if ckpt.tokenizer is None:
+        raise CheckpointError(
+            f"the checkpoint {path} has no {TOKENIZER}, so {what} cannot become token ids: copy "
+            f"the tokenizer the model was trained with into the folder as {TOKENIZER}"
+        )
+    return ckpt.tokenizer
+
+
 def load_model(
     path: str | Path, device: str | torch.device | None = None, which: str | None = None
 ) -> GPT:

@@ -10,7 +10,7 @@
     course-lib compress              quantize, prune or distill a checkpoint into a smaller one
 
 Each lesson adds its command; one module here per group of commands (corpus, train, sample,
-finetune, compress), each with a ``register`` that adds its parsers.
+finetune, evaluate, compress), each with a ``register`` that adds its parsers.
 
 Exit status: 0 when a command succeeds; 1 for a clear error (a ``CourseError``, a missing
 file), its message printed without a traceback; 2 for bad usage, from argparse or a
@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from course_lib.cli import compress, corpus, finetune, sample, train
+from course_lib.cli import compress, corpus, evaluate, finetune, sample, train
 from course_lib.errors import CourseError, UsageError
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="course-lib", description="Build a GPT from scratch: the course's command line."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (corpus, train, sample, finetune, compress):  # in lesson order
+    for commands in (corpus, train, sample, finetune, evaluate, compress):  # in lesson order
         commands.register(sub)
     return parser
 

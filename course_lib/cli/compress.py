@@ -105,8 +105,7 @@ def _method(args: argparse.Namespace) -> str:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from course_lib import compress
-    from course_lib.checkpoint import load_checkpoint, save_checkpoint
-    from course_lib.cli.finetune import _require_tokenizer
+    from course_lib.checkpoint import load_checkpoint, require_tokenizer, save_checkpoint
 
     method = _method(args)
     base_path = args.checkpoint or env.checkpoint_dir() / "course"
@@ -116,7 +115,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.recover_steps < 0 or args.steps < 1:
         raise UsageError("--recover-steps must be >= 0 and --steps >= 1")
     base = load_checkpoint(base_path)
-    tok = _require_tokenizer(base, base_path)
+    tok = require_tokenizer(base, base_path)
     model = base.model
     before = (compress.count_weights(model), model.num_bytes())
     needs_text = method in ("prune-heads", "prune-neurons", "distill") or args.recover_steps
