@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course_lib.errors import CourseError
+
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
     """The (T, T) boolean causal mask: ``mask[i, j]`` is True where query i may attend to key j.
@@ -54,7 +56,7 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> Tensor:
             [ True,  True,  True]])
     """
     if T < 1:
-        raise ValueError(f"T={T}, expected a sequence length >= 1")
+        raise CourseError(f"T={T}, expected a sequence length >= 1")
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
@@ -70,24 +72,24 @@ def scaled_dot_product_attention(
     0/0 = NaN), so that raises a ValueError rather than silently returning NaNs.
     """
     if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
-        raise ValueError(
+        raise CourseError(
             f"q, k, v need at least 2 dims (..., T, d), got shapes {_shape(q)}, {_shape(k)}, "
             f"{_shape(v)}"
         )
     if q.size(-1) != k.size(-1):
-        raise ValueError(
+        raise CourseError(
             f"q and k must have the same last dim d_k (a query is compared with each key), "
             f"got q {_shape(q)} and k {_shape(k)}"
         )
     if k.size(-2) != v.size(-2):
-        raise ValueError(
+        raise CourseError(
             f"k and v must have the same length T_k (one value per key), "
             f"got k {_shape(k)} and v {_shape(v)}"
         )
     try:
         torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
-        raise ValueError(
+        raise CourseError(
             f"the leading (batch, head) dims of q, k, v do not broadcast: "
             f"q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
         ) from None
@@ -103,7 +105,7 @@ def scaled_dot_product_attention(
 
 def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
     if mask.dtype != torch.bool:
-        raise ValueError(
+        raise CourseError(
             f"mask must be boolean with True = allowed, got dtype {mask.dtype}: build it with "
             f"causal_mask(T), or convert a 0/1 mask with mask.bool()"
         )
@@ -112,12 +114,12 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
     except RuntimeError:
         fits = False
     if not fits:
-        raise ValueError(
+        raise CourseError(
             f"mask of shape {_shape(mask)} does not broadcast to the attention scores "
             f"(..., T_q, T_k) = {tuple(scores_shape)}: its last two dims must be (T_q, T_k) or 1"
         )
     if not mask.any(dim=-1).all():
-        raise ValueError(
+        raise CourseError(
             "a row of the mask is all False: that query may attend to no key and its weights "
             "would be NaN. Every query needs at least one allowed key (a causal mask always "
             "allows the query's own position). Is the mask inverted? Here True = allowed."
@@ -131,7 +133,7 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 def split_heads(x: Tensor, n_head: int) -> Tensor:
     """(B, T, C) -> (B, n_head, T, C // n_head): each head gets its own slice of the channels."""
     if x.dim() != 3 or n_head < 1 or x.size(-1) % n_head:
-        raise ValueError(
+        raise CourseError(
             f"split_heads needs x of shape (B, T, C) with C divisible by n_head={n_head}, "
             f"got {_shape(x)}"
         )
@@ -142,7 +144,7 @@ def split_heads(x: Tensor, n_head: int) -> Tensor:
 def merge_heads(x: Tensor) -> Tensor:
     """(B, n_head, T, head_dim) -> (B, T, n_head * head_dim): the inverse of ``split_heads``."""
     if x.dim() != 4:
-        raise ValueError(f"merge_heads needs x of shape (B, n_head, T, head_dim), got {_shape(x)}")
+        raise CourseError(f"merge_heads needs x of shape (B, n_head, T, head_dim), got {_shape(x)}")
     B, n_head, T, head_dim = x.shape
     # contiguous: after the transpose the heads of one token are not adjacent in memory.
     return x.transpose(1, 2).contiguous().view(B, T, n_head * head_dim)
@@ -167,14 +169,14 @@ class KVCache:
         """Add the new tokens' k, v (B, n_head, T, head_dim); return all of them so far,
         (B, n_head, T_cached + T, head_dim) each."""
         if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(
+            raise CourseError(
                 f"k and v must both be (B, n_head, T, head_dim), got {_shape(k)} and {_shape(v)}"
             )
         if self.k is None or self.v is None:
             self.k, self.v = k, v
             return k, v
         if k.shape[:2] != self.k.shape[:2] or k.size(3) != self.k.size(3):
-            raise ValueError(
+            raise CourseError(
                 f"new k, v of shape {_shape(k)} do not fit the cache of shape {_shape(self.k)}: "
                 f"(B, n_head, head_dim) must stay the same; start a new KVCache for a new batch"
             )
@@ -203,7 +205,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if head_dim is None and (n_head < 1 or n_embd % n_head):
             divisors = ", ".join(str(d) for d in range(1, n_embd + 1) if n_embd % d == 0)
-            raise ValueError(
+            raise CourseError(
                 f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_head among the "
                 f"divisors of n_embd ({divisors})"
             )
@@ -232,7 +234,7 @@ class MultiHeadAttention(nn.Module):
         absolute position T_cached + t) seeing keys 0 .. T_cached + t.
         """
         if x.dim() != 3 or x.size(-1) != self.n_embd:
-            raise ValueError(f"x must be (B, T, C) with C={self.n_embd}, got {_shape(x)}")
+            raise CourseError(f"x must be (B, T, C) with C={self.n_embd}, got {_shape(x)}")
         T = x.size(1)
         q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)  # 3 x (B, T, nh * hd)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, nh, T, hd)

@@ -36,11 +36,13 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from course_lib.errors import CourseError
+
 F = TypeVar("F", bound=Callable[..., Any])
 _depth = 0  # > 0 while a change runs: the changes it calls are part of it, not recorded apart
 
 
-class ChangeError(ValueError):
+class ChangeError(CourseError):
     """A recorded change cannot be replayed; the message names it and the fix."""
 
 

@@ -48,6 +48,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from course_lib.changes import ChangeError, replay
+from course_lib.errors import CourseError
 from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swap_in, write_atomic
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
@@ -69,7 +70,7 @@ VERSION = 2  # 1: no "changes" and no "run" in config.json (read as none)
 T = TypeVar("T")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CourseError):
     """A checkpoint is missing, damaged or inconsistent; the message names the path and the fix."""
 
 
@@ -123,7 +124,7 @@ def save_checkpoint(
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(_vocab_mismatch(path, tokenizer.vocab_size, config.vocab_size))
     if optimizer is not None and train_state is None:
-        raise ValueError(
+        raise CourseError(
             "an optimizer is saved as part of the training state: pass train_state too, e.g. "
             "TrainState.capture(step, generator)"
         )
@@ -203,7 +204,7 @@ def load_checkpoint(
     also the last.
     """
     if which not in (None, "best", "last"):
-        raise ValueError(f"which must be 'best', 'last' or None (the best if kept), got {which!r}")
+        raise CourseError(f"which must be 'best', 'last' or None (the best if kept), got {which!r}")
     path = Path(path)
     has_best = path.name != BEST and checkpoint_exists(path / BEST)
     if which == "best" and not has_best:
@@ -252,6 +253,17 @@ def _load(path: str | Path, device: str | torch.device | None) -> Checkpoint:
             raise CheckpointError(_vocab_mismatch(folder, tokenizer.vocab_size, config.vocab_size))
     state = load_train_state(folder)
     return Checkpoint(folder, model, config, tokenizer, state, meta.get("train"), meta.get("run"))
+
+
+def require_tokenizer(ckpt: Checkpoint, path: str | Path, what: str = "text") -> BPETokenizer:
+    """The tokenizer of ``ckpt``, loaded from ``path``; a CheckpointError naming the fix if it
+    has none, since then ``what`` ("text", "a prompt") cannot become token ids."""
+    if ckpt.tokenizer is None:
+        raise CheckpointError(
+            f"the checkpoint {path} has no {TOKENIZER}, so {what} cannot become token ids: copy "
+            f"the tokenizer the model was trained with into the folder as {TOKENIZER}"
+        )
+    return ckpt.tokenizer
 
 
 def load_model(
@@ -384,8 +396,9 @@ def read_meta(path: str | Path) -> dict:
         meta.setdefault("run", None)
         return meta
     except (ValueError, KeyError, TypeError) as err:
+        kind = "ValueError" if isinstance(err, CourseError) else type(err).__name__  # as it was
         raise CheckpointError(
-            f"{file} is not a valid checkpoint config ({type(err).__name__}: {err}): it needs "
+            f"{file} is not a valid checkpoint config ({kind}: {err}): it needs "
             f'{{"model": {{...GPTConfig fields...}}}}. Put back the config.json saved with '
             f"the weights"
         ) from None

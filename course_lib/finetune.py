@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.changes import change
+from course_lib.errors import CourseError
 from course_lib.files import fresh_folder, swap_in
 from course_lib.model import GPT, PROJECTIONS
 
@@ -82,7 +83,7 @@ def _targets(model: GPT, targets: list[str]) -> list[tuple[str, nn.Module]]:
     targets."""
     unknown = [t for t in targets if t not in LORA_TARGETS]
     if unknown or not targets:
-        raise ValueError(
+        raise CourseError(
             f"targets={targets}: LoRA wraps the blocks' projections, a non-empty list of "
             f"{list(LORA_TARGETS)} (c_proj means both attn.c_proj and mlp.c_proj, as in peft)"
         )
@@ -104,17 +105,17 @@ def add_lora(
     """
     targets = list(targets)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank={rank!r}, expected an integer >= 1 (4 to 16 is usual)")
+        raise CourseError(f"rank={rank!r}, expected an integer >= 1 (4 to 16 is usual)")
     if not alpha > 0:
-        raise ValueError(f"alpha={alpha}, expected > 0 (the update is scaled by alpha / rank)")
+        raise CourseError(f"alpha={alpha}, expected > 0 (the update is scaled by alpha / rank)")
     layers = _targets(model, targets)
     for _, layer in layers:
         if isinstance(layer, LoRALinear):
-            raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
+            raise CourseError("the model already has LoRA adapters: merge_lora(model) first")
         if not isinstance(layer, nn.Linear):
-            raise ValueError(f"LoRA wraps nn.Linear layers, found {type(layer).__name__}")
+            raise CourseError(f"LoRA wraps nn.Linear layers, found {type(layer).__name__}")
         if rank > min(layer.in_features, layer.out_features):
-            raise ValueError(
+            raise CourseError(
                 f"rank={rank} is larger than the layer ({layer.out_features} x "
                 f"{layer.in_features}): a rank above min(out, in) adds parameters and no "
                 f"expressive power; use rank <= {min(layer.in_features, layer.out_features)}"
@@ -138,7 +139,7 @@ def merge_lora(model: GPT) -> GPT:
             setattr(model.get_submodule(parent_name), attr, base.requires_grad_(True))
             merged = True
     if not merged:
-        raise ValueError("the model has no LoRA adapters to merge: add_lora(model, ...) first")
+        raise CourseError("the model has no LoRA adapters to merge: add_lora(model, ...) first")
     model.requires_grad_(True)
     model.changes = [c for c in model.changes if c["change"] != add_lora.change_name]
     return model
@@ -148,7 +149,7 @@ def lora_config(model: GPT) -> dict:
     """The arguments ``add_lora`` was called with on ``model`` (ValueError if it was not)."""
     records = [c for c in model.changes if c["change"] == add_lora.change_name]
     if not records:
-        raise ValueError("the model has no LoRA adapters: add_lora(model, ...) first")
+        raise CourseError("the model has no LoRA adapters: add_lora(model, ...) first")
     return records[-1]["args"]
 
 
@@ -189,12 +190,12 @@ def load_adapter(model: GPT, path: str | Path) -> GPT:
         tensors = safetensors.torch.load_file(path / ADAPTER_WEIGHTS)
         rank, alpha, targets = config["r"], config["lora_alpha"], config["target_modules"]
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(
+        raise CourseError(
             f"{path} is not a LoRA adapter ({type(err).__name__}: {err}): it needs "
             f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}, as save_adapter or peft writes them"
         ) from None
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-        raise ValueError(f"{path} holds a {config.get('peft_type')} adapter, not plain LoRA")
+        raise CourseError(f"{path} holds a {config.get('peft_type')} adapter, not plain LoRA")
     targets = [targets] if isinstance(targets, str) else list(targets)
     add_lora(model, rank=rank, alpha=alpha, targets=targets, dropout=config.get("lora_dropout", 0))
     expected = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
@@ -202,13 +203,13 @@ def load_adapter(model: GPT, path: str | Path) -> GPT:
     for name, t in stored.items():
         if name not in expected or expected[name].shape != t.shape:
             want = tuple(expected[name].shape) if name in expected else "no such adapter"
-            raise ValueError(
+            raise CourseError(
                 f"{path} holds {name} of shape {tuple(t.shape)}, but this model has {want}: the "
                 f"adapter was trained on another base model. Load it into the model it was "
                 f"trained for (same shape, same targets)"
             )
     if missing := sorted(set(expected) - set(stored)):
-        raise ValueError(f"{path} lacks {len(missing)} adapter tensors, e.g. {missing[0]}")
+        raise CourseError(f"{path} lacks {len(missing)} adapter tensors, e.g. {missing[0]}")
     model.load_state_dict(stored, strict=False)
     return model
 
@@ -222,7 +223,7 @@ def add_classifier(model: GPT, n_classes: int) -> GPT:
     """Replace the language-model head by a head scoring ``n_classes`` labels at every position:
     ``model(idx).logits`` becomes (B, T, n_classes). The token embedding is untied from it."""
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-        raise ValueError(f"n_classes={n_classes!r}, expected an integer >= 2")
+        raise CourseError(f"n_classes={n_classes!r}, expected an integer >= 2")
     head = nn.Linear(model.config.n_embd, n_classes, bias=False)
     nn.init.normal_(head.weight, mean=0.0, std=0.02)
     model.lm_head = head.to(model.transformer.wte.weight.device)
@@ -234,5 +235,5 @@ def classify(model: nn.Module, idx: Tensor, lengths: Tensor) -> Tensor:
     ``lengths`` (B,) counts the real tokens of each row; what follows them is padding."""
     logits = model(idx).logits  # (B, T, n_classes)
     if lengths.dim() != 1 or len(lengths) != len(idx) or (lengths < 1).any():
-        raise ValueError(f"lengths must be (B,) = ({len(idx)},) counts >= 1, got {lengths}")
+        raise CourseError(f"lengths must be (B,) = ({len(idx)},) counts >= 1, got {lengths}")
     return logits[torch.arange(len(idx), device=idx.device), lengths.to(idx.device) - 1]

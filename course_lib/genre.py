@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.data import KIND, KINDS, Splits, load_splits
+from course_lib.errors import CourseError
 from course_lib.finetune import classify
 from course_lib.model import IGNORE_INDEX
 from course_lib.tokenizer import BPETokenizer
@@ -66,7 +67,7 @@ _FIRST_SCENE = re.compile(r"^[ \t]*scene\b", re.M | re.I)
 def genre_index(label: str) -> int:
     """The index of a genre in GENRES: "comedy" -> 0, ..., "romance" -> 3."""
     if label not in GENRES:
-        raise ValueError(
+        raise CourseError(
             f"unknown genre {label!r}: expected one of {', '.join(GENRES)} (the plays' kinds in "
             f"course_lib.data.KINDS; poems have no genre here)"
         )
@@ -92,7 +93,7 @@ class Passages:
     def __post_init__(self) -> None:
         n = len(self.plays)
         if self.ids.dim() != 2 or self.labels.shape != (n,) or len(self.ids) != n:
-            raise ValueError(
+            raise CourseError(
                 f"Passages needs ids (N, T), labels (N,) and N play names, got ids "
                 f"{tuple(self.ids.shape)}, labels {tuple(self.labels.shape)} and {n} names"
             )
@@ -104,7 +105,7 @@ class Passages:
         """The rows of the named plays, in their order here."""
         wanted = {plays} if isinstance(plays, str) else set(plays)
         if unknown := sorted(wanted - set(self.plays)):
-            raise ValueError(
+            raise CourseError(
                 f"no passages of {', '.join(unknown)}: the names must be among these passages' "
                 f"plays (e.g. {self.plays[0]!r}), as leave_plays_out_folds(passages.plays) gives"
             )
@@ -125,14 +126,14 @@ def play_passages(
     play by play, in name order: Passages with ids (37 * per_play, length).
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ValueError(f"length={length!r}, expected an integer >= 2 (tokens per passage)")
+        raise CourseError(f"length={length!r}, expected an integer >= 2 (tokens per passage)")
     if isinstance(per_play, bool) or not isinstance(per_play, int) or per_play < 1:
-        raise ValueError(f"per_play={per_play!r}, expected an integer >= 1 (passages per play)")
+        raise CourseError(f"per_play={per_play!r}, expected an integer >= 1 (passages per play)")
     splits = splits or load_splits()
     works = sorted((w for w in [*splits.train.values(), *splits.val.values()]
                     if w.kind in GENRES), key=lambda w: w.name)  # fmt: skip
     if not works:
-        raise ValueError(
+        raise CourseError(
             "these splits hold no plays of a known genre: play_passages needs the Shakespeare "
             "corpus, load_splits() without a text file"
         )
@@ -154,7 +155,7 @@ def play_passages(
     for i, enc in enumerate(tokenizer.fast().encode_batch(chunks)):
         if len(enc.ids) < length:
             work = works[i // per_play]
-            raise ValueError(
+            raise CourseError(
                 f"{work.name} is too short for per_play={per_play} passages of length={length} "
                 f"that do not overlap: part {i % per_play + 1} of {per_play} has room for only "
                 f"{len(enc.ids)} tokens after the line where its passage starts. Use fewer "
@@ -179,18 +180,18 @@ def leave_plays_out_folds(
     """
     names = sorted(set(plays))
     if unknown := [name for name in names if KIND.get(name) not in GENRES]:
-        raise ValueError(
+        raise CourseError(
             f"{', '.join(unknown)}: not a play of a known genre; the names are those of "
             f"course_lib.data.KINDS (e.g. 'macbeth'), as Passages.plays holds them"
         )
     if not names:
-        raise ValueError("no plays to fold: pass the plays' names, e.g. passages.plays")
+        raise CourseError("no plays to fold: pass the plays' names, e.g. passages.plays")
     by_genre = {g: [n for n in names if KIND[n] == g] for g in GENRES}
     by_genre = {g: group for g, group in by_genre.items() if group}
     fewest = min(len(group) for group in by_genre.values())
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= fewest:
         rarest = min(by_genre, key=lambda g: len(by_genre[g]))
-        raise ValueError(
+        raise CourseError(
             f"k={k!r} folds, expected an integer from 2 to {fewest}: each fold's test set needs "
             f"a play of every genre, and there are {fewest} plays of {rarest}. Use k <= {fewest}"
         )
@@ -232,12 +233,12 @@ def macro_f1(pred: Tensor, target: Tensor, n_classes: int = 4) -> float:
 def _check_labels(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
     pred, target = torch.as_tensor(pred).long().flatten(), torch.as_tensor(target).long().flatten()
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must be (N,) of one length, got {len(pred)} and "
+        raise CourseError(f"pred and target must be (N,) of one length, got {len(pred)} and "
                          f"{len(target)}")  # fmt: skip
     for name, t in (("pred", pred), ("target", target)):
         if t.numel() and (t.min() < 0 or t.max() >= n_classes):
             bad = t[(t < 0) | (t >= n_classes)][0].item()
-            raise ValueError(
+            raise CourseError(
                 f"{name} holds class {bad}, outside [0, {n_classes}): pass class indices (e.g. "
                 f"logits.argmax(1)), and n_classes={len(GENRES)} for the genres"
             )
@@ -252,7 +253,7 @@ def bag_of_tokens(ids: Tensor, vocab_size: int) -> Tensor:
     """ids (N, T) -> (N, vocab_size) float: how often each token occurs in each row, divided by
     T (each row sums to 1). Order is thrown away: what is left is the choice of words."""
     if ids.dim() != 2 or (ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size)):
-        raise ValueError(f"ids must be (N, T) token ids in [0, {vocab_size}), got shape "
+        raise CourseError(f"ids must be (N, T) token ids in [0, {vocab_size}), got shape "
                          f"{tuple(ids.shape)}")  # fmt: skip
     counts = torch.zeros(len(ids), vocab_size).scatter_add_(1, ids, torch.ones(ids.shape))
     return counts / ids.size(1)
@@ -264,7 +265,7 @@ def class_weights(labels: Tensor, n_classes: int = 4) -> Tensor:
     romances as much as the 12 comedies). A class absent from labels gets weight 0."""
     counts = torch.bincount(torch.as_tensor(labels).long(), minlength=n_classes).double()
     if len(counts) > n_classes:
-        raise ValueError(f"labels hold class {len(counts) - 1}, outside [0, {n_classes})")
+        raise CourseError(f"labels hold class {len(counts) - 1}, outside [0, {n_classes})")
     weights = counts.sum() / (n_classes * counts)
     return torch.where(counts > 0, weights, 0.0).float()
 
@@ -289,7 +290,7 @@ def fit_linear(
     features = features.detach().double()
     labels = torch.as_tensor(labels).long()
     if features.dim() != 2 or len(features) != len(labels):
-        raise ValueError(f"features must be (N, D) and labels (N,), got "
+        raise CourseError(f"features must be (N, D) and labels (N,), got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")  # fmt: skip
     mean, std = features.mean(0), features.std(0)
     std = torch.where(std > 1e-12, std, 1.0)
@@ -367,7 +368,7 @@ def _answer(label: int, tokenizer: BPETokenizer) -> list[int]:
     """The answer's tokens: the genre with a leading space, then <|endoftext|> (if the
     tokenizer has it), so that a generating model stops after it."""
     if not 0 <= label < len(GENRES):
-        raise ValueError(f"label={label!r}, expected a genre index in [0, {len(GENRES)})")
+        raise CourseError(f"label={label!r}, expected a genre index in [0, {len(GENRES)})")
     eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     return tokenizer.encode(" " + GENRES[label]) + eot
 

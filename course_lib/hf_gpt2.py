@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from course_lib.changes import changes_shapes
+from course_lib.errors import CourseError
 from course_lib.model import GPT, PROJECTIONS, GPTConfig
 
 if TYPE_CHECKING:  # transformers is imported only when converting: it takes seconds to load.
@@ -33,7 +34,7 @@ def from_hf(hf_model: GPT2LMHeadModel) -> GPT:
     from transformers import GPT2LMHeadModel
 
     if not isinstance(hf_model, GPT2LMHeadModel):
-        raise ValueError(
+        raise CourseError(
             f"from_hf needs a transformers.GPT2LMHeadModel, got {type(hf_model).__name__}"
         )
     hc = hf_model.config
@@ -47,10 +48,10 @@ def from_hf(hf_model: GPT2LMHeadModel) -> GPT:
     }
     for name, (value, allowed) in unsupported.items():
         if value not in allowed:
-            raise ValueError(f"config.{name}={value!r} is not GPT-2's: expected one of {allowed}")
+            raise CourseError(f"config.{name}={value!r} is not GPT-2's: expected one of {allowed}")
     dropouts = {hc.resid_pdrop, hc.embd_pdrop, hc.attn_pdrop}
     if len(dropouts) > 1:
-        raise ValueError(
+        raise CourseError(
             f"resid_pdrop={hc.resid_pdrop}, embd_pdrop={hc.embd_pdrop}, attn_pdrop="
             f"{hc.attn_pdrop}: the course model has one dropout rate; set the three equal"
         )
@@ -84,7 +85,7 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
     c = model.config
     if changed := [ch for ch in model.changes if changes_shapes(ch)]:
         done = ", ".join(ch["change"].rpartition(".")[2] for ch in changed)
-        raise ValueError(
+        raise CourseError(
             f"to_hf converts GPT-2's architecture, and this model was changed since it was "
             f"built ({done}): GPT2LMHeadModel has no place for that. Undo the change first "
             f"(merge a LoRA adapter into the weights, dequantize quantized layers); pruned "
@@ -93,7 +94,7 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
             f"save_checkpoint, which records the changes"
         )
     if c.positions != "learned" or not c.bias:
-        raise ValueError(
+        raise CourseError(
             f"to_hf needs positions='learned' and bias=True (GPT-2's layout), got "
             f"positions={c.positions!r}, bias={c.bias}: a model with other settings has no "
             f"GPT2LMHeadModel equivalent"

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.env import autocast
+from course_lib.errors import CourseError
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def evaluate_all(model: nn.Module, tokens: Tensor, block_size: int, batch_size: 
     device = next(model.parameters()).device
     n = (len(tokens) - 1) // block_size
     if n < 1:
-        raise ValueError(f"{len(tokens)} tokens hold no window of block_size={block_size}")
+        raise CourseError(f"{len(tokens)} tokens hold no window of block_size={block_size}")
     x = tokens[: n * block_size].view(n, block_size)
     y = tokens[1 : n * block_size + 1].view(n, block_size)
     total = 0.0
@@ -64,7 +65,7 @@ def bits_per_char(loss_nats_per_token: float, n_tokens: int, n_chars: int) -> fl
     0.7213
     """
     if n_tokens < 1 or n_chars < 1:
-        raise ValueError(f"n_tokens={n_tokens} and n_chars={n_chars} must both be >= 1")
+        raise CourseError(f"n_tokens={n_tokens} and n_chars={n_chars} must both be >= 1")
     return loss_nats_per_token * n_tokens / n_chars / math.log(2)
 
 

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from course_lib.attention import KVCache, MultiHeadAttention
 from course_lib.config import GPTConfig
+from course_lib.errors import CourseError
 from course_lib.positional import sinusoidal_encoding
 
 if TYPE_CHECKING:  # transformers is imported only when converting: it takes seconds to load.
@@ -252,16 +253,16 @@ class GPT(nn.Module):
             or idx.dtype not in (torch.long, torch.int)
         ):
             got = f"shape {tuple(idx.shape)}, dtype {idx.dtype}" if isinstance(idx, Tensor) else idx
-            raise ValueError(
+            raise CourseError(
                 f"idx must be a 2-D tensor of integer token ids, (B, T), got {got}: for one "
                 f"sequence use idx[None], for a float tensor idx.long()"
             )
         B, T = idx.shape
         if T < 1:
-            raise ValueError(f"idx has shape {(B, T)}: give at least one token per sequence")
+            raise CourseError(f"idx has shape {(B, T)}: give at least one token per sequence")
         block_size = self.config.block_size
         if idx.size(1) > block_size:
-            raise ValueError(
+            raise CourseError(
                 f"sequence of {T} tokens is longer than the context block_size={block_size}: "
                 f"crop to the last {block_size} tokens, idx[:, -{block_size}:]"
             )
@@ -272,7 +273,7 @@ class GPT(nn.Module):
         V = self.config.vocab_size
         low, high = idx.min().item(), idx.max().item()
         if low < 0 or high >= V:
-            raise ValueError(
+            raise CourseError(
                 f"token id {low if low < 0 else high} is outside the vocabulary [0, {V}) of this "
                 f"model (vocab_size={V}): encode with the tokenizer the model was built for"
             )
@@ -283,13 +284,13 @@ class GPT(nn.Module):
             return 0
         n_layer = self.config.n_layer
         if not isinstance(kv_cache, (list, tuple)) or len(kv_cache) != n_layer:
-            raise ValueError(
+            raise CourseError(
                 f"kv_cache must be a list of {n_layer} KVCache, one per layer: use "
                 f"model.new_kv_cache()"
             )
         T_past = kv_cache[0].length
         if T_past + T > self.config.block_size:
-            raise ValueError(
+            raise CourseError(
                 f"the KV cache holds {T_past} tokens and {T} more make {T_past + T}, longer than "
                 f"the context block_size={self.config.block_size}: start a new cache and feed "
                 f"the last {self.config.block_size} tokens or fewer"
@@ -299,19 +300,19 @@ class GPT(nn.Module):
     def _check_targets(self, targets: Tensor, idx: Tensor) -> None:
         if not isinstance(targets, Tensor) or targets.shape != idx.shape:
             got = tuple(targets.shape) if isinstance(targets, Tensor) else targets
-            raise ValueError(
+            raise CourseError(
                 f"targets must have the shape of idx, (B, T) = {tuple(idx.shape)}, got {got}: "
                 f"targets[b, t] is the token after idx[b, t] (idx = seq[:, :-1], "
                 f"targets = seq[:, 1:])"
             )
         if targets.dtype not in (torch.long, torch.int):
-            raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}")
+            raise CourseError(f"targets must be integer token ids, got dtype {targets.dtype}")
         if targets.device.type != "cpu":
             return  # no host synchronisation per forward on a GPU (see _check_idx)
         V = self.config.vocab_size
         bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= V))]
         if bad.numel():
-            raise ValueError(
+            raise CourseError(
                 f"target {bad[0].item()} is outside the vocabulary [0, {V}) (vocab_size={V}); "
                 f"only {IGNORE_INDEX} may lie outside it, to skip a position in the loss"
             )

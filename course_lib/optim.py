@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from course_lib.config import GPTConfig, TrainConfig
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 
 
@@ -33,11 +34,13 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps:
     [0.25, 0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
     """
     if step < 0:
-        raise ValueError(f"step={step}, expected >= 0")
+        raise CourseError(f"step={step}, expected >= 0")
     if not 0 <= warmup_steps <= max_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and max_steps={max_steps}")
+        raise CourseError(
+            f"warmup_steps={warmup_steps} must be between 0 and max_steps={max_steps}"
+        )
     if not 0 <= min_lr <= max_lr:
-        raise ValueError(f"min_lr={min_lr} must be between 0 and max_lr={max_lr}")
+        raise CourseError(f"min_lr={min_lr} must be between 0 and max_lr={max_lr}")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:

@@ -28,6 +28,7 @@ from typing import Any
 
 from course_lib.config import GPTConfig, TrainConfig
 from course_lib.data import Splits, Work
+from course_lib.errors import CourseError
 
 WHOLE_DOCUMENTS = 10  # from this many documents on, validation takes whole ones
 
@@ -45,7 +46,7 @@ def read_text(path: str | Path) -> str:
         folder = f"{path} is a folder: pass a file, or load_text({str(path)!r})"
         raise IsADirectoryError(folder) from None
     except UnicodeDecodeError as err:
-        raise ValueError(_not_utf8(path, err.object[err.start], err.start)) from None
+        raise CourseError(_not_utf8(path, err.object[err.start], err.start)) from None
     fixed = []
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -56,7 +57,7 @@ def read_text(path: str | Path) -> str:
     if fixed:
         print(f"{path}: {' and '.join(fixed)}", file=sys.stderr)
     if not text.strip():
-        raise ValueError(f"{path} is empty (or only whitespace): give a file with some text.")
+        raise CourseError(f"{path} is empty (or only whitespace): give a file with some text.")
     return text
 
 
@@ -109,7 +110,7 @@ def load_text(source: str | Path | list[str | Path], val_fraction: float = 0.1) 
     ``Work`` a document in ``train`` and ``val`` (the rule at the top of this module);
     ``finetune`` is empty."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise CourseError(f"val_fraction must be in (0, 1), got {val_fraction}")
     files = text_files(source)
     names = _names(files)
     train: dict[str, Work] = {}
@@ -130,7 +131,7 @@ def load_text(source: str | Path | list[str | Path], val_fraction: float = 0.1) 
             val[name] = Work(name, file.name, "text", "val", tail)
     if not train or not val:
         size = sum(len(w.text) for w in [*train.values(), *val.values()])
-        raise ValueError(
+        raise CourseError(
             f"{source} is too short to split into train and val ({size} characters): give a "
             f"longer text."
         )
@@ -155,7 +156,7 @@ def shape(depth: int, vocab_size: int, **overrides: Any) -> GPTConfig:
     model's shape, ``GPTConfig.course()``; ``overrides`` change any field (another n_embd
     brings its own heads of 32)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r}, expected a positive integer (1 to about 8 on a CPU)")
+        raise CourseError(f"depth={depth!r}, expected a positive integer (1 to about 8 on a CPU)")
     width = int(overrides.get("n_embd", 32 * (depth + 1)))
     fields = dict(vocab_size=vocab_size, block_size=64 if depth <= 2 else 128, n_layer=depth,
                   n_head=max(1, width // 32), n_embd=width)  # fmt: skip

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from course_lib.data import Splits, load_splits
+from course_lib.errors import CourseError
 
 HELD_OUT_SONNETS = tuple(range(10, 155, 10))  # X, XX, ..., CL
 HELD_OUT_POEM = "lovers_complaint"
@@ -52,7 +53,7 @@ def sonnets(splits: Splits | None = None) -> dict[int, str]:
     parts = _HEADING.split(text)  # [title, "I", sonnet, "II", sonnet, ...]
     found = {i + 1: body.strip("\n").rstrip() for i, body in enumerate(parts[2::2])}
     if len(found) != 154:
-        raise ValueError("the sonnets file is not laid out as expected: prepare the corpus again")
+        raise CourseError("the sonnets file is not laid out as expected: prepare the corpus again")
     return found
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from course_lib.errors import CourseError
+
 
 def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """The (n_positions, dim) float32 table of sinusoidal encodings, one row per position.
@@ -34,9 +36,11 @@ def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10000.0) -> to
     ``pe[pos, 2i+1] = cos(pos / base^(2i/dim))``. ``dim`` must be even (a sine needs its cosine).
     """
     if n_positions < 1:
-        raise ValueError(f"n_positions={n_positions}, expected >= 1: ask for at least one position")
+        raise CourseError(
+            f"n_positions={n_positions}, expected >= 1: ask for at least one position"
+        )
     if dim < 2 or dim % 2:
-        raise ValueError(
+        raise CourseError(
             f"dim={dim}, expected an even number >= 2: each sine on an even dim is paired with a "
             f"cosine on the next odd dim. Use dim={max(2, dim + dim % 2)}."
         )

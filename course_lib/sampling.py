@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 
 
@@ -40,16 +41,16 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None) -> None:  # fmt: skip
     """Raise ValueError naming the bad sampling parameter and what to use instead."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        raise CourseError(f"temperature must be a number > 0, got {temperature!r}")
     if not temperature > 0:
-        raise ValueError(
+        raise CourseError(
             f"temperature must be > 0, got {temperature}: for the most likely token every "
             f"time, pass greedy=True (--greedy) instead of temperature 0"
         )
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None: no top-k), got {top_k!r}")
+        raise CourseError(f"top_k must be an integer >= 1 (or None: no top-k), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r} (1 or None: no top-p)")
+        raise CourseError(f"top_p must be in (0, 1], got {top_p!r} (1 or None: no top-p)")
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -120,17 +121,17 @@ def stream(
     whole window through the model for every token: the slow reference for the KV cache.
     """
     if not isinstance(ids, Tensor) or ids.dim() != 2:
-        raise ValueError(f"ids must be a (B, T) tensor of token ids, got {_describe(ids)}: for "
+        raise CourseError(f"ids must be a (B, T) tensor of token ids, got {_describe(ids)}: for "
                          f"one prompt use torch.tensor([tokenizer.encode(text)])")  # fmt: skip
     if ids.size(1) == 0:
-        raise ValueError("the prompt is empty: give at least one token (e.g. a newline, or "
+        raise CourseError("the prompt is empty: give at least one token (e.g. a newline, or "
                          "the <|endoftext|> token, to start from nothing)")  # fmt: skip
     if (
         isinstance(max_new_tokens, bool)
         or not isinstance(max_new_tokens, int)
         or max_new_tokens < 0
     ):
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        raise CourseError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not greedy:
         check_sampling(temperature, top_k, top_p)
     was_training = model.training

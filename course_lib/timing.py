@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from course_lib.errors import CourseError
+
 
 @dataclass(frozen=True)
 class Ratio:
@@ -146,7 +148,7 @@ def compare(
     rotates from round to round. ``threads``: PyTorch's thread count during the measurement
     (default: the current one); it is restored after. On a GPU each call is synchronised."""
     if not cases:
-        raise ValueError("nothing to time: pass {name: function}, e.g. {'fp32': lambda: f(x)}")
+        raise CourseError("nothing to time: pass {name: function}, e.g. {'fp32': lambda: f(x)}")
     for name, fn in cases.items():
         if not callable(fn):
             raise TypeError(
@@ -154,13 +156,15 @@ def compare(
                 f"that compare can call it once a round"
             )
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an integer >= 1 (5 or more for a spread), got {rounds!r}")
+        raise CourseError(
+            f"rounds must be an integer >= 1 (5 or more for a spread), got {rounds!r}"
+        )
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+        raise CourseError(f"warmup must be an integer >= 0, got {warmup!r}")
     before = torch.get_num_threads()
     threads = before if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        raise CourseError(f"threads must be an integer >= 1, got {threads!r}")
     names = list(cases)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     torch.set_num_threads(threads)

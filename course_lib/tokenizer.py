@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import regex
 
 from course_lib import tokenizer_json
+from course_lib.errors import CourseError
 
 if TYPE_CHECKING:
     import tokenizers
@@ -111,17 +112,17 @@ class BPETokenizer:
         n_min = 256 + len(special_tokens)
         if not isinstance(vocab_size, int) or vocab_size < n_min:
             n = len(special_tokens)
-            raise ValueError(
+            raise CourseError(
                 f"vocab_size must be at least {n_min} (256 bytes + {n} special token"
                 f"{'s' if n != 1 else ''}), got {vocab_size!r}"
             )
         if not text:
-            raise ValueError("cannot train on empty text: pass the training corpus as one string")
+            raise CourseError("cannot train on empty text: pass the training corpus as one string")
         for s in special_tokens:
             if not s:
-                raise ValueError(f"special tokens must be non-empty strings, got {special_tokens}")
+                raise CourseError(f"special tokens must be non-empty strings, got {special_tokens}")
         if len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"special tokens must be distinct, got {special_tokens}")
+            raise CourseError(f"special tokens must be distinct, got {special_tokens}")
 
         # Unique words and how often each occurs: the merges only ever look at these.
         # Special tokens are cut out first so that no merge can span one.
@@ -212,13 +213,13 @@ class BPETokenizer:
             "plain"            ordinary text, encoded byte by byte like any other.
         """
         if special not in SPECIAL_MODES:
-            raise ValueError(f"special must be one of {SPECIAL_MODES}, got {special!r}")
+            raise CourseError(f"special must be one of {SPECIAL_MODES}, got {special!r}")
         if special == "plain" or not self.special_tokens:
             return self._encode_ordinary(text)
         if special == "raise":
             m = self._special_re.search(text)
             if m:
-                raise ValueError(
+                raise CourseError(
                     f"text contains the special token {m.group()!r} at character {m.start()}; "
                     f"pass special='allow' to encode it as id {self.special_tokens[m.group()]}, "
                     "or special='plain' to encode it as ordinary text"
@@ -271,7 +272,7 @@ class BPETokenizer:
             data = b"".join([self._id_to_bytes[i] for i in ids])
         except KeyError as e:
             bad = e.args[0]
-            raise ValueError(
+            raise CourseError(
                 f"token id {bad!r} is not in the vocabulary (size {self.vocab_size}): "
                 "ids must come from this tokenizer's encode()"
             ) from e

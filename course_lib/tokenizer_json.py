@@ -25,6 +25,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from course_lib.errors import CourseError
+
 if TYPE_CHECKING:
     import tokenizers
 
@@ -147,27 +149,27 @@ def load_tables(
     try:
         cfg = json.loads(Path(path).read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
+        raise CourseError(f"{path}: not a valid tokenizer.json ({e})") from e
     # Only what byte-level BPE uses is supported; anything that would change the ids
     # (a normalizer, dropout, prefix space, ...) is refused rather than ignored.
     model = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else None
-        raise ValueError(f"{path}: model type is {kind!r}, expected a 'BPE' model")
+        raise CourseError(f"{path}: model type is {kind!r}, expected a 'BPE' model")
     if not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list):
-        raise ValueError(f"{path}: the BPE model needs a 'vocab' dict and a 'merges' list")
+        raise CourseError(f"{path}: the BPE model needs a 'vocab' dict and a 'merges' list")
     pre = cfg.get("pre_tokenizer") or {}
     if not (
         pre.get("type") == "ByteLevel"
         and pre.get("use_regex", True)
         and not pre.get("add_prefix_space", True)
     ):
-        raise ValueError(
+        raise CourseError(
             f"{path}: pre_tokenizer is {pre or None}, expected a byte-level BPE: "
             "ByteLevel with use_regex=true and add_prefix_space=false (GPT-2's)"
         )
     if cfg.get("normalizer") is not None:
-        raise ValueError(f"{path}: normalizer {cfg['normalizer']} is not supported")
+        raise CourseError(f"{path}: normalizer {cfg['normalizer']} is not supported")
     for key, default in [
         ("dropout", None),
         ("continuing_subword_prefix", None),
@@ -176,10 +178,10 @@ def load_tables(
         ("ignore_merges", False),
     ]:
         if model.get(key, default) not in (default, None, False):
-            raise ValueError(f"{path}: BPE option {key}={model[key]!r} is not supported")
+            raise CourseError(f"{path}: BPE option {key}={model[key]!r} is not supported")
     for t in cfg.get("added_tokens", []):
         if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-            raise ValueError(f"{path}: added token {t} uses lstrip/rstrip/single_word")
+            raise CourseError(f"{path}: added token {t} uses lstrip/rstrip/single_word")
 
     special_tokens = {t["content"]: t["id"] for t in cfg.get("added_tokens", [])}
     special_ids = set(special_tokens.values())
@@ -189,13 +191,13 @@ def load_tables(
     for m in model["merges"]:
         a, b = m.split(" ") if isinstance(m, str) else m
         if a not in str_vocab or b not in str_vocab or a + b not in str_vocab:
-            raise ValueError(f"{path}: merge {m!r} uses a token that is not in the vocab")
+            raise CourseError(f"{path}: merge {m!r} uses a token that is not in the vocab")
         merges[str_vocab[a], str_vocab[b]] = str_vocab[a + b]
     # Encoding with an unk_token would turn a byte missing from the vocab into <unk>; without
     # one, `tokenizers` drops the byte, which is what `BPETokenizer.encode` does too.
     byte_tokens = {t for t in vocab.values() if len(t) == 1}
     if model.get("unk_token") is not None and len(byte_tokens) < 256:
-        raise ValueError(
+        raise CourseError(
             f"{path}: an unk_token with bytes missing from the vocab is not supported "
             "(give every byte a token: ByteLevel.alphabet())"
         )

@@ -58,6 +58,7 @@ from course_lib.checkpoint import (
 from course_lib.config import TrainConfig
 from course_lib.data import get_batch
 from course_lib.env import autocast, seed_everything
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 from course_lib.optim import configure_optimizer, lr_at
 from course_lib.tokenizer import BPETokenizer
@@ -66,6 +67,11 @@ from course_lib.train_state import TrainState, describe_run, rewind_log
 Batch = tuple[Tensor, ...]
 BatchSource = Callable[[int, torch.Generator], Batch]  # (batch_size, generator) -> batch
 LossFn = Callable[[nn.Module, Batch], Tensor]  # (net, batch) -> scalar loss
+
+
+class DivergenceError(CourseError, FloatingPointError):
+    """The loss became nan or inf; the message names the step, the fix and the last good
+    checkpoint. A FloatingPointError too, as it was before CourseError."""
 
 
 @dataclass
@@ -170,18 +176,18 @@ def train(
     "patience"``) after that many evaluations without a lower one. A validation loss above the
     best is said once, when the progress is shown: the model has begun to overfit.
 
-    A loss that becomes nan or inf stops training with FloatingPointError naming the step; the
-    last checkpoint saved is the last good one.
+    A loss that becomes nan or inf stops training with DivergenceError (a FloatingPointError)
+    naming the step; the last checkpoint saved is the last good one.
     """
     _check_data(data)
     if config.keep_best and config.checkpoint_dir is None:
-        raise ValueError(
+        raise CourseError(
             "keep_best=True keeps the best checkpoint in <checkpoint_dir>/best: give "
             "checkpoint_dir, the folder to train into"
         )
     block_size = config.block_size or model.config.block_size
     if block_size > model.config.block_size:
-        raise ValueError(
+        raise CourseError(
             f"block_size={block_size} is longer than the model's context "
             f"({model.config.block_size}): use block_size <= {model.config.block_size}"
         )
@@ -192,7 +198,7 @@ def train(
     try:
         if config.batch_size % procs.world:
             fit = config.batch_size - config.batch_size % procs.world or procs.world
-            raise ValueError(
+            raise CourseError(
                 f"batch_size={config.batch_size} does not split over {procs.world} processes: "
                 f"use a multiple of {procs.world}, e.g. {fit}"
             )
@@ -265,7 +271,7 @@ def train(
                     loss = loss_fn(net, procs.share(batch))
                 loss_value = procs.mean(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(_nan_message(loss_value, step, config, last_saved))
+                    raise DivergenceError(_nan_message(loss_value, step, config, last_saved))
                 loss.backward()
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -337,7 +343,7 @@ def _check_data(data: dict[str, Tensor | BatchSource]) -> None:
     for split in ("train", "val"):
         value = data.get(split) if isinstance(data, dict) else None
         if not (isinstance(value, Tensor) and value.dim() == 1) and not callable(value):
-            raise ValueError(
+            raise CourseError(
                 f"data must be {{'train': ..., 'val': ...}}, each a (N,) tensor of token ids or "
                 f"a batch source (batch_size, generator) -> tuple of tensors, got "
                 f"{type(data).__name__} with {split}={type(value).__name__}: e.g. "
@@ -422,7 +428,7 @@ def _resume(
 ) -> TrainState | None:
     """Load the checkpoint's weights, optimizer and RNG states; None if there is none yet."""
     if ckpt is None:
-        raise ValueError("resume=True needs config.checkpoint_dir, the folder to resume from")
+        raise CourseError("resume=True needs config.checkpoint_dir, the folder to resume from")
     if not checkpoint_exists(ckpt):
         if rank == 0:
             print(f"no checkpoint in {ckpt} yet: training from step 0", file=sys.stderr)

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from course_lib.bertviz_offline import BERTVIZ_VERSION as BERTVIZ_VERSION  # the pin, re-exported
 from course_lib.bertviz_offline import offline_view
+from course_lib.errors import CourseError
 
 MAX_TOKENS = 64  # beyond this the lines of a view are a grey blur, and the output is large
 MAX_WEIGHTS = 65_536  # n_layers * n_head * T * T in one view: about 400 KB of JSON at most
@@ -83,7 +84,7 @@ def plot_attention(
     elif single_head:
         w = w[None]  # (T, T) -> (1, T, T)
     if w.dim() != 3 or w.size(1) != w.size(2):
-        raise ValueError(
+        raise CourseError(
             f"weights of shape {tuple(w.shape)}: expected (n_head, T, T) or (T, T) (square: "
             f"every query against every key). For a batch (B, n_head, T, T) pick one sequence: "
             f"weights[0]"
@@ -91,7 +92,7 @@ def plot_attention(
     n_head, T, _ = w.shape
     labels = _labels(tokens, T)
     if not torch.isfinite(w).all():
-        raise ValueError("weights contain NaN or inf: check the mask (a row with no allowed key)")
+        raise CourseError("weights contain NaN or inf: check the mask (a row with no allowed key)")
 
     size = max(2.5, 0.17 * T)  # inches a heatmap: 0.17 in a token keeps 7 pt labels apart
     if ncols is None:
@@ -135,12 +136,12 @@ def _visible(token: str) -> str:
 
 def _check_tokens(tokens: Sequence[str], T: int) -> None:
     if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
-        raise ValueError(
+        raise CourseError(
             f"tokens must be a list of strings, one per position, got {tokens!r:.80}: for ids use "
             f"[tokenizer.decode([i]) for i in ids]"
         )
     if len(tokens) != T:
-        raise ValueError(
+        raise CourseError(
             f"{len(tokens)} tokens for attention over T={T} positions: pass exactly one token "
             f"for each position"
         )
@@ -158,7 +159,7 @@ def model_attention(model: torch.nn.Module, tokenizer, text: str) -> tuple[list[
     """The attention of a course GPT on ``text``: (one (1, n_head, T, T) per layer, T tokens)."""
     ids = tokenizer.encode(text)
     if not ids:
-        raise ValueError("text is empty: give at least one token to look at")
+        raise CourseError("text is empty: give at least one token to look at")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout in the weights we show
@@ -193,7 +194,7 @@ def head_view(
     layers = _layers(attention, tokens, decimals)
     include_layers = _indices(include_layers, len(layers), "include_layers", "layer")
     if layer is not None and layer not in include_layers:
-        raise ValueError(f"layer={layer} is not among include_layers={include_layers}")
+        raise CourseError(f"layer={layer} is not among include_layers={include_layers}")
     if heads is not None:
         heads = _indices(heads, layers[0].size(1), "heads", "head")
     _check_size(layers[0].size(1) * len(include_layers), len(tokens))
@@ -229,7 +230,7 @@ def model_view(
     if isinstance(attention, torch.nn.Module):
         attention, tokens = model_attention(attention, tokens, text)
     if display_mode not in ("light", "dark"):
-        raise ValueError(f"display_mode={display_mode!r}: use 'light' or 'dark'")
+        raise CourseError(f"display_mode={display_mode!r}: use 'light' or 'dark'")
     layers = _layers(attention, tokens, decimals)
     n_head = layers[0].size(1)
     include_layers = _indices(include_layers, len(layers), "include_layers", "layer")
@@ -257,34 +258,34 @@ def _layers(attention: Sequence[Tensor], tokens: Sequence[str], decimals: int) -
     rounded value prints as 0.13, which keeps the embedded JSON short and exact.
     """
     if isinstance(attention, Tensor) or not isinstance(attention, Sequence) or not attention:
-        raise ValueError(
+        raise CourseError(
             "attention must be a non-empty list with one tensor per layer, each (1, n_head, T, T) "
             "or (n_head, T, T), as bertviz takes it; for a single layer pass [att]"
         )
     if not 0 <= decimals <= 6:
-        raise ValueError(f"decimals={decimals}: use 2 or 3 (0 to 6 allowed)")
+        raise CourseError(f"decimals={decimals}: use 2 or 3 (0 to 6 allowed)")
     layers = []
     for i, a in enumerate(attention):
         a = torch.as_tensor(a).detach().to("cpu", torch.float64)
         if a.dim() == 3:
             a = a[None]  # (n_head, T, T) -> (1, n_head, T, T)
         if a.dim() != 4 or a.size(0) != 1 or a.size(2) != a.size(3):
-            raise ValueError(
+            raise CourseError(
                 f"attention[{i}] has shape {tuple(a.shape)}: expected (1, n_head, T, T) or "
                 f"(n_head, T, T); for a batch (B, n_head, T, T) pick one sequence: att[0:1]"
             )
         if layers and a.shape != layers[0].shape:
-            raise ValueError(
+            raise CourseError(
                 f"attention[{i}] has shape {tuple(a.shape)} but attention[0] has "
                 f"{tuple(layers[0].shape)}: every layer needs the same n_head and T"
             )
         if not torch.isfinite(a).all():
-            raise ValueError(f"attention[{i}] contains NaN or inf: check the mask")
+            raise CourseError(f"attention[{i}] contains NaN or inf: check the mask")
         layers.append(torch.round(a, decimals=decimals))
     T = layers[0].size(-1)
     _check_tokens(tokens, T)
     if T > MAX_TOKENS:
-        raise ValueError(
+        raise CourseError(
             f"{T} tokens: a view holds at most MAX_TOKENS={MAX_TOKENS} (beyond that its lines "
             f"blur and the notebook grows). Show a shorter text, e.g. the first 32 tokens: "
             f"[a[..., :32, :32] for a in attention], tokens[:32]"
@@ -297,13 +298,13 @@ def _indices(chosen: Sequence[int] | None, n: int, name: str, what: str) -> list
         return list(range(n))
     chosen = [int(i) for i in chosen]
     if not chosen or not all(0 <= i < n for i in chosen):
-        raise ValueError(f"{name}={chosen}: each must be a {what} index in 0..{n - 1}")
+        raise CourseError(f"{name}={chosen}: each must be a {what} index in 0..{n - 1}")
     return chosen
 
 
 def _check_size(n_maps: int, T: int) -> None:
     if n_maps * T * T > MAX_WEIGHTS:
-        raise ValueError(
+        raise CourseError(
             f"{n_maps} attention maps of {T}x{T} tokens = {n_maps * T * T:,} weights, over "
             f"MAX_WEIGHTS={MAX_WEIGHTS:,} for one view (each weight is stored in the notebook): "
             f"pick fewer layers with include_layers=[...] or show fewer tokens"

@@ -287,16 +287,16 @@ def test_cli_finetune_writes_a_lora_checkpoint_that_resumes_bit_for_bit(cli_base
 def test_cli_finetune_and_eval_errors_name_the_fix(cli_base, tmp_path, capsys):
     from course_lib import cli
 
-    assert cli.main(finetune_args(cli_base, "bad", "--rank", "0")) == 2
+    assert cli.main(finetune_args(cli_base, "bad", "--rank", "0")) == 1
     assert "rank=0, expected an integer >= 1" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("  \n")
     args = finetune_args(cli_base, "bad")
     args[args.index("--text") + 1] = str(tmp_path / "empty.txt")
-    assert cli.main(args) == 2
+    assert cli.main(args) == 1
     assert "is empty (or only whitespace)" in capsys.readouterr().err
     (tmp_path / "latin1.txt").write_bytes("Fair is foul, caf\xe9".encode("latin-1"))
     assert cli.main(["eval", "--checkpoint", str(cli_base / "base"), "--text",
-                     str(tmp_path / "latin1.txt")]) == 2  # fmt: skip
+                     str(tmp_path / "latin1.txt")]) == 1  # fmt: skip
     assert "is not UTF-8 text (byte 0xe9 at byte offset 17). Convert it" in capsys.readouterr().err
 
 

@@ -8,6 +8,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import yaml
 
 from course_lib import cli
@@ -129,7 +130,7 @@ def test_cli_info_reports_device_and_corpus(splits):
     assert "train 4,380,798 chars, val 469,510 chars, finetune 206,890 chars" in out
 
 
-def test_cli_prepare_with_a_bad_tarball_exits_2_with_the_reason(tmp_path):
+def test_cli_prepare_with_a_bad_tarball_exits_1_with_the_reason(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(b"not a tarball")
     proc = subprocess.run(
@@ -146,7 +147,7 @@ def test_cli_prepare_with_a_bad_tarball_exits_2_with_the_reason(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # a clear error: the message, no traceback
     assert "truncated" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -179,16 +180,63 @@ def test_cli_tokenizer_encode_uses_the_course_tokenizer_by_default(splits):
     assert 0 < len(ids) < 19 and all(0 <= int(i) < 2048 for i in ids)
 
 
-def test_cli_tokenizer_errors_exit_2_with_the_reason(tmp_path):
+def test_cli_tokenizer_errors_exit_1_with_the_reason(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     proc = _cli("tokenizer", "train", "--text", str(empty), "--vocab-size", "300", "--out", "x")
-    assert proc.returncode == 2 and "is empty (or only whitespace)" in proc.stderr
+    assert proc.returncode == 1 and "is empty (or only whitespace)" in proc.stderr
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("Fair is foul, caf\xe9".encode("latin-1"))
     proc = _cli("tokenizer", "train", "--text", str(latin1), "--vocab-size", "300", "--out", "x")
-    assert proc.returncode == 2 and "byte 0xe9 at byte offset 17). Convert it" in proc.stderr
+    assert proc.returncode == 1 and "byte 0xe9 at byte offset 17). Convert it" in proc.stderr
     proc = _cli("tokenizer", "decode", "5000")
     assert (
-        proc.returncode == 2 and "token id 5000 is not in the vocabulary (size 2048)" in proc.stderr
+        proc.returncode == 1 and "token id 5000 is not in the vocabulary (size 2048)" in proc.stderr
     )
+
+
+def test_cli_exit_status_says_what_kind_of_failure(tmp_path):
+    """1 for a clear error, printed without a traceback; 2 for bad usage, from argparse or
+    from options that do not go together."""
+    proc = _cli("tokenizer", "train", "--text", str(tmp_path / "nope.txt"), "--vocab-size",
+                "300", "--out", str(tmp_path / "tok.json"))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("course-lib tokenizer: error: ") and "nope.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _cli("tokenizer", "train", "--text", "x.txt")  # --vocab-size and --out missing
+    assert proc.returncode == 2 and "the following arguments are required" in proc.stderr
+    proc = _cli("train", "--depth", "2")  # sizes a run to your text: without --text, bad usage
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        "course-lib train: error: --depth and --passes size a run to your text: give --text too\n"
+    )
+
+
+@pytest.mark.parametrize("unexpected", [RuntimeError("boom"), KeyError("boom"),
+                                        ValueError("boom, from outside the course")])  # fmt: skip
+def test_cli_lets_an_unexpected_exception_show_its_traceback(monkeypatch, capsys, unexpected):
+    """A bug is not a clear error: main does not catch it, so Python prints its traceback."""
+    from course_lib.cli import corpus
+
+    def info(args):
+        raise unexpected
+
+    monkeypatch.setattr(corpus, "cmd_info", info)
+    with pytest.raises(type(unexpected), match="boom"):
+        cli.main(["info"])
+    assert "error" not in capsys.readouterr().err
+
+
+def test_cli_an_unexpected_exception_exits_1_with_its_traceback(tmp_path):
+    script = (
+        "import sys\n"
+        "from course_lib import cli\n"
+        "from course_lib.cli import corpus\n"
+        "def info(args):\n"
+        "    raise KeyError('boom')\n"
+        "corpus.cmd_info = info\n"
+        "sys.exit(cli.main(['info']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "KeyError: 'boom'" in proc.stderr

@@ -252,11 +252,11 @@ def test_cli_sample_errors_name_the_problem(checkpoints, capsys):
     from course_lib import cli
 
     with_tok, without = str(checkpoints / "with"), str(checkpoints / "without")
-    assert cli.main(["sample", "--checkpoint", without, "--prompt", "Hi"]) == 2
+    assert cli.main(["sample", "--checkpoint", without, "--prompt", "Hi"]) == 1
     assert "has no tokenizer.json, so a prompt cannot become token ids" in capsys.readouterr().err
-    assert cli.main(["sample", "--checkpoint", with_tok, "--temperature", "0"]) == 2
+    assert cli.main(["sample", "--checkpoint", with_tok, "--temperature", "0"]) == 2  # usage
     assert "temperature must be > 0, got 0.0" in capsys.readouterr().err
-    assert cli.main(["sample", "--checkpoint", with_tok, "--prompt", ""]) == 2
+    assert cli.main(["sample", "--checkpoint", with_tok, "--prompt", ""]) == 1
     assert "the prompt is empty" in capsys.readouterr().err
     assert cli.main(["sample", "--checkpoint", with_tok, "--prompt", "x " * 40,
                      "--max-new-tokens", "2"]) == 0  # fmt: skip

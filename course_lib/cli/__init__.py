@@ -10,7 +10,11 @@
     course-lib compress              quantize, prune or distill a checkpoint into a smaller one
 
 Each lesson adds its command; one module here per group of commands (corpus, train, sample,
-finetune, compress), each with a ``register`` that adds its parsers.
+finetune, evaluate, compress), each with a ``register`` that adds its parsers.
+
+Exit status: 0 when a command succeeds; 1 for a clear error (a ``CourseError``, a missing
+file), its message printed without a traceback; 2 for bad usage, from argparse or a
+``UsageError`` (options that do not go together). Anything else is a bug: its traceback shows.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from course_lib import data
-from course_lib.cli import compress, corpus, finetune, sample, train
+from course_lib.cli import compress, corpus, evaluate, finetune, sample, train
+from course_lib.errors import CourseError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="course-lib", description="Build a GPT from scratch: the course's command line."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (corpus, train, sample, finetune, compress):  # in lesson order
+    for commands in (corpus, train, sample, finetune, evaluate, compress):  # in lesson order
         commands.register(sub)
     return parser
 
@@ -36,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (data.CorpusError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except UsageError as err:  # as argparse reports bad usage, the options named in the message
         print(f"course-lib {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (CourseError, FileNotFoundError) as err:  # clear: the message says what to do
+        print(f"course-lib {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from course_lib import env
+from course_lib.errors import UsageError
 
 if TYPE_CHECKING:  # imported when the command runs: `course-lib --help` stays quick
     import torch
@@ -104,18 +105,17 @@ def _method(args: argparse.Namespace) -> str:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from course_lib import compress
-    from course_lib.checkpoint import load_checkpoint, save_checkpoint
-    from course_lib.cli.finetune import _require_tokenizer
+    from course_lib.checkpoint import load_checkpoint, require_tokenizer, save_checkpoint
 
     method = _method(args)
     base_path = args.checkpoint or env.checkpoint_dir() / "course"
     out = args.out or base_path.with_name(f"{base_path.name}-{method}")
     if args.recover_steps and not method.startswith("prune"):
-        raise ValueError(f"--recover-steps follows pruning; {method} does not train")
+        raise UsageError(f"--recover-steps follows pruning; {method} does not train")
     if args.recover_steps < 0 or args.steps < 1:
-        raise ValueError("--recover-steps must be >= 0 and --steps >= 1")
+        raise UsageError("--recover-steps must be >= 0 and --steps >= 1")
     base = load_checkpoint(base_path)
-    tok = _require_tokenizer(base, base_path)
+    tok = require_tokenizer(base, base_path)
     model = base.model
     before = (compress.count_weights(model), model.num_bytes())
     needs_text = method in ("prune-heads", "prune-neurons", "distill") or args.recover_steps
@@ -233,7 +233,7 @@ def student_config(teacher: GPTConfig, shape: str) -> GPTConfig:
     for item in filter(None, shape.replace(" ", "").split(",")):
         key, _, value = item.partition("=")
         if key not in fields or not value:
-            raise ValueError(
+            raise UsageError(
                 f"--distill {shape!r}: {item!r} is not field=value of a model field; use e.g. "
                 f"n_layer=2,n_embd=96 (fields: {', '.join(sorted(fields))}; the vocabulary is "
                 f"the teacher's)"
@@ -244,5 +244,5 @@ def student_config(teacher: GPTConfig, shape: str) -> GPTConfig:
                 value if kind is str else kind(float(value) if kind is float else int(value))
             )
         except ValueError:
-            raise ValueError(f"--distill: {key}={value!r} is not a {kind.__name__}") from None
+            raise UsageError(f"--distill: {key}={value!r} is not a {kind.__name__}") from None
     return dataclasses.replace(teacher, **changes)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from course_lib import env
+from course_lib.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,19 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from course_lib.checkpoint import TOKENIZER, CheckpointError, load_checkpoint
+    from course_lib.checkpoint import load_checkpoint, require_tokenizer
     from course_lib.sampling import check_sampling, stream
 
     path = args.checkpoint or env.checkpoint_dir() / "course"
     if not args.greedy:  # before loading anything: a typo in an option fails at once
-        check_sampling(args.temperature, args.top_k, args.top_p)
+        try:
+            check_sampling(args.temperature, args.top_k, args.top_p)
+        except ValueError as err:  # an option out of range: bad usage, exit 2
+            raise UsageError(str(err)) from None
     ckpt = load_checkpoint(path, device=args.device or env.get_device())
-    tok = ckpt.tokenizer
-    if tok is None:
-        raise CheckpointError(
-            f"the checkpoint {path} has no {TOKENIZER}, so a prompt cannot become token ids: "
-            f"copy the tokenizer the model was trained with into the folder as {TOKENIZER}"
-        )
+    tok = require_tokenizer(ckpt, path, "a prompt")
     ids = tok.encode(args.prompt)
     block = ckpt.config.block_size
     if len(ids) > block:

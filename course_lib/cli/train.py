@@ -12,6 +12,7 @@ from pathlib import Path
 
 from course_lib import data, env
 from course_lib.config import GPTConfig, TrainConfig
+from course_lib.errors import CourseError, UsageError
 from course_lib.tokenizer import BPETokenizer
 
 
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resuming and (out / checkpoint.TOKENIZER).is_file():
         tokenizer = BPETokenizer.load(out / checkpoint.TOKENIZER)  # the one the model knows
     if not args.text and (args.depth or args.passes):
-        raise ValueError("--depth and --passes size a run to your text: give --text too")
+        raise UsageError("--depth and --passes size a run to your text: give --text too")
 
     plan = None
     if args.text:
@@ -144,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if saved_model is not None:
         clash = {k: v for k, v in shape.items() if getattr(saved_model, k) != v}
         if clash:
-            raise ValueError(
+            raise CourseError(
                 f"the checkpoint in {out} has "
                 + ", ".join(f"{k}={getattr(saved_model, k)}" for k in clash)
                 + f", not {', '.join(f'{k}={v}' for k, v in clash.items())}: to resume, leave "

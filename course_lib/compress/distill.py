@@ -74,6 +74,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from course_lib.config import TrainConfig
+from course_lib.errors import CourseError
 from course_lib.files import write_atomic
 from course_lib.model import GPT
 from course_lib.tokenizer import BPETokenizer
@@ -100,12 +101,12 @@ def distill_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 2.0)
     """
     _check_temperature(T)
     if student_logits.dim() == 0 or teacher_logits.dim() == 0:
-        raise ValueError("logits must be (..., V), one score per vocabulary entry; got a scalar")
+        raise CourseError("logits must be (..., V), one score per vocabulary entry; got a scalar")
     V_s, V_t = student_logits.size(-1), teacher_logits.size(-1)
     if V_s != V_t:
         raise _vocab_error(V_s, V_t)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise CourseError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits "
             f"{tuple(teacher_logits.shape)} differ in shape: give both (..., V) for the same "
             f"batch of positions (run the teacher on the student's x)"
@@ -141,7 +142,7 @@ class DistillationLoss:
 
     def __call__(self, net: nn.Module, batch: Batch) -> Tensor:
         if len(batch) != 2:
-            raise ValueError(
+            raise CourseError(
                 f"DistillationLoss takes batches (x, y) of token ids (B, T), got a batch of "
                 f"{len(batch)} tensors: train on token streams or a source of (x, y) batches"
             )
@@ -180,13 +181,13 @@ def distill(
     ``train_loss`` and ``val_loss`` are the distillation loss the student trains on.
     """
     if student is teacher:
-        raise ValueError("student and teacher are the same model: build a new, smaller student")
+        raise CourseError("student and teacher are the same model: build a new, smaller student")
     V_s, V_t = student.config.vocab_size, teacher.config.vocab_size
     if V_s != V_t:
         raise _vocab_error(V_s, V_t)
     block_size = config.block_size or student.config.block_size
     if block_size > teacher.config.block_size:
-        raise ValueError(
+        raise CourseError(
             f"training windows of {block_size} tokens are longer than the teacher's context "
             f"(block_size={teacher.config.block_size}): train with "
             f"TrainConfig(block_size={teacher.config.block_size}) or less"
@@ -209,7 +210,7 @@ def topk_distill_loss(student_logits: Tensor, log_p: Tensor, ids: Tensor, T: flo
     """
     _check_temperature(T)
     if log_p.shape != ids.shape or log_p.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(
+        raise CourseError(
             f"log_p {tuple(log_p.shape)} and ids {tuple(ids.shape)} must both be (..., k) for the "
             f"student's positions {tuple(student_logits.shape[:-1])}: the teacher's targets for "
             f"the same batch (TeacherTargets.batches gives them together)"
@@ -290,9 +291,9 @@ def teacher_targets(
     _check_temperature(T)
     V, block = teacher.config.vocab_size, teacher.config.block_size
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= V:
-        raise ValueError(f"k={k!r}, expected an integer from 1 to the vocabulary's {V}, e.g. 32")
+        raise CourseError(f"k={k!r}, expected an integer from 1 to the vocabulary's {V}, e.g. 32")
     if tokens.dim() != 1 or len(tokens) <= block:
-        raise ValueError(
+        raise CourseError(
             f"tokens must be one stream (N,) longer than the teacher's block_size={block}, got "
             f"shape {tuple(tokens.shape)}"
         )
@@ -324,7 +325,7 @@ class CachedDistillationLoss:
 
     def __call__(self, net: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         if len(batch) != 4:
-            raise ValueError(
+            raise CourseError(
                 f"CachedDistillationLoss takes batches (x, y, log_p, ids) from "
                 f"TeacherTargets.batches, got {len(batch)} tensors: build TeacherTargets for "
                 f"every split it trains and evaluates on (train and val)"
@@ -340,7 +341,7 @@ class CachedDistillationLoss:
 
 def _check_temperature(T: float) -> None:
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not (math.isfinite(T) and T > 0):
-        raise ValueError(
+        raise CourseError(
             f"T={T!r}, expected a positive finite temperature: 1 keeps the teacher's "
             f"distribution, larger softens it (2 to 4 is usual)"
         )
@@ -348,14 +349,14 @@ def _check_temperature(T: float) -> None:
 
 def _check_alpha(alpha: float) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(
+        raise CourseError(
             f"alpha={alpha!r}, expected a weight in [0, 1]: the share of the distillation "
             f"loss (1 - alpha goes to the next-token loss), e.g. 0.5"
         )
 
 
-def _vocab_error(V_s: int, V_t: int) -> ValueError:
-    return ValueError(
+def _vocab_error(V_s: int, V_t: int) -> CourseError:
+    return CourseError(
         f"the student's vocabulary ({V_s}) differs from the teacher's ({V_t}): the soft targets "
         f"would not line up; build the student with the teacher's vocab_size and tokenizer"
     )

@@ -55,6 +55,7 @@ from torch import Tensor
 
 from course_lib.attention import KVCache
 from course_lib.checkpoint import WEIGHTS, save_checkpoint
+from course_lib.errors import CourseError
 from course_lib.metrics import bits_per_char, evaluate_all
 from course_lib.model import GPT
 from course_lib.timing import Timings, compare
@@ -107,12 +108,12 @@ def held_out_bpc(model: GPT, tokenizer: Tokenizer, text: str) -> float:
     """Bits per character of ``text``: its tokens in consecutive windows of the model's
     block_size (``evaluate_all``), the loss over the text's characters (``bits_per_char``)."""
     if not text:
-        raise ValueError("the text is empty: give held-out text, e.g. poems.plays_sample()")
+        raise CourseError("the text is empty: give held-out text, e.g. poems.plays_sample()")
     fast = getattr(tokenizer, "fast", None)  # BPETokenizer's Rust twin: the same ids, sooner
     ids = torch.tensor(fast().encode(text).ids if fast else tokenizer.encode(text))
     block = model.config.block_size
     if len(ids) <= block:
-        raise ValueError(
+        raise CourseError(
             f"the text is {len(ids)} tokens, and one window of the context block_size={block} "
             f"needs {block + 1}: give a longer text (thousands of characters)"
         )
@@ -187,7 +188,7 @@ def measure(
     """Parameters, bytes on disk, and (given a tokenizer and text) bits per character, and
     (``speed=True``) generation and prefill speed. ``name`` defaults to the model's changes."""
     if (tokenizer is None) != (text is None):
-        raise ValueError(
+        raise CourseError(
             "bits per character needs both a tokenizer and a text: pass both (e.g. "
             "tokenizer=ckpt.tokenizer, text=poems.plays_sample()) or neither"
         )
@@ -207,7 +208,7 @@ def table(rows: list[Measurement]) -> str:
     speeds as ratios (x), bits per character as a difference. A column nothing was measured for
     is left out; "-" marks a value not measured."""
     if not rows:
-        raise ValueError("no measurements to tabulate: pass a list of measure(...) results")
+        raise CourseError("no measurements to tabulate: pass a list of measure(...) results")
     first = rows[0]
 
     def ratio(value: float | None, base: float | None) -> str:
@@ -246,7 +247,7 @@ def table(rows: list[Measurement]) -> str:
 
 def _check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise CourseError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _change_name(record: dict) -> str:
@@ -273,7 +274,7 @@ def _generation_call(model: GPT, n_tokens: int, prompt_len: int) -> Callable[[],
         fix = f"n_tokens={block - prompt_len} or fewer, or a shorter prompt_len"
         if prompt_len >= block:
             fix = f"a prompt_len below {block}, e.g. prompt_len={block // 2}"
-        raise ValueError(
+        raise CourseError(
             f"prompt_len={prompt_len} + n_tokens={n_tokens} = {prompt_len + n_tokens} tokens do "
             f"not fit the context block_size={block}, and the KV cache holds them all: use {fix}"
         )
@@ -298,7 +299,7 @@ def _prefill_call(model: GPT, T: int | None, batch_size: int) -> Callable[[], No
     T = block if T is None else T
     _check_count("T", T)
     if block < T:
-        raise ValueError(f"T={T} is longer than the context block_size={block}: use T={block}")
+        raise CourseError(f"T={T} is longer than the context block_size={block}: use T={block}")
     idx = _tokens(model, T, batch_size, _device(model))
 
     @torch.inference_mode()

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.changes import change, keeps_shapes
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 
 SCOPES = ("layer", "global")
@@ -62,7 +63,7 @@ def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
     found = list(model.projections())
     for name, layer in found:
         if not isinstance(layer, nn.Linear):
-            raise ValueError(
+            raise CourseError(
                 f"{name} is a {type(layer).__name__}, and {fn} works on plain nn.Linear "
                 f"layers: prune before adding LoRA adapters or quantizing (or undo them "
                 f"first: merge_lora(model), dequantize(model))"
@@ -92,12 +93,12 @@ def magnitude_masks(model: GPT, amount: float, scope: str = "layer") -> dict[str
     embeddings are left whole, as usual: they are few, so zeroing them would save little.
     """
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 <= amount < 1:
-        raise ValueError(
+        raise CourseError(
             f"amount={amount!r} is the fraction of the weights to prune, expected a number in "
             f"[0, 1): 0.5 prunes half of them"
         )
     if scope not in SCOPES:
-        raise ValueError(
+        raise CourseError(
             f"scope={scope!r}, expected 'layer' (each matrix loses the same fraction) or "
             f"'global' (the smallest weights of all the matrices together)"
         )
@@ -212,7 +213,7 @@ def _unit_importance(model: GPT, batches: Iterable[tuple[Tensor, Tensor]], part:
             p.requires_grad_(flag)
         model.train(training)
     if not n_batches:
-        raise ValueError("batches is empty: give at least one (x, y) batch of token ids")
+        raise CourseError("batches is empty: give at least one (x, y) batch of token ids")
     # Normalised per layer (L2), as Michel et al. do, so that layers compare. A layer narrower
     # than the widest (units pruned before) is padded with NaN: no such unit.
     out = torch.full((len(blocks), max(n for n, _ in widths)), float("nan"), device=weight.device)
@@ -247,14 +248,14 @@ def least_important(importance: Tensor, count: int) -> dict[int, list[int]]:
     lowest; NaN entries (no such unit) are never taken. Ties go to the lower layer, then unit.
     """
     if importance.dim() != 2:
-        raise ValueError(
+        raise CourseError(
             f"importance must be (n_layer, n_units), as head_importance returns, got shape "
             f"{tuple(importance.shape)}"
         )
     sizes = (~importance.isnan()).sum(dim=1).tolist()  # units per layer
     most = sum(sizes) - len(sizes)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= most:
-        raise ValueError(
+        raise CourseError(
             f"count={count!r}, expected an integer in [0, {most}]: each of the {len(sizes)} "
             f"layers keeps at least one of its units"
         )
@@ -277,7 +278,7 @@ def random_units(
     never a whole layer: the baseline importance has to beat. It ranks random scores the way
     ``least_important`` ranks importance, so every unit has the same chance."""
     if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ValueError(f"shape must be (n_layer, n_units), two positive integers, got {shape}")
+        raise CourseError(f"shape must be (n_layer, n_units), two positive integers, got {shape}")
     return least_important(torch.rand(shape, generator=generator), count)
 
 
@@ -291,7 +292,7 @@ def _check_units(
     """``units`` {layer: [index, ...]}, its keys ints or, as JSON writes them, strings of ints,
     checked against ``sizes`` (units per layer now) and returned with int keys."""
     if not isinstance(units, dict):
-        raise ValueError(
+        raise CourseError(
             f"{kind}s must be a dict {{layer: [{kind}, ...]}}, e.g. {{0: [1, 3]}}, got "
             f"{type(units).__name__}"
         )
@@ -300,32 +301,32 @@ def _check_units(
     for key, indices in units.items():
         layer = int(key) if isinstance(key, str) and key.isdigit() else key
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ValueError(f"{key!r} is not a layer number: use {{0: [1, 3]}} (int keys)")
+            raise CourseError(f"{key!r} is not a layer number: use {{0: [1, 3]}} (int keys)")
         if not 0 <= layer < n_layer:
-            raise ValueError(
+            raise CourseError(
                 f"layer {layer} is out of range: the model has {n_layer} layers, 0 .. {n_layer - 1}"
             )
         if layer in checked:
-            raise ValueError(f"layer {layer} is given twice: give each layer once")
+            raise CourseError(f"layer {layer} is given twice: give each layer once")
         if not isinstance(indices, list) or not all(
             isinstance(j, int) and not isinstance(j, bool) for j in indices
         ):
-            raise ValueError(
+            raise CourseError(
                 f"the {kind}s of layer {layer} must be a list of integers, got {indices!r}"
             )
         n = sizes[layer]
         for j in indices:
             if not 0 <= j < n:
-                raise ValueError(
+                raise CourseError(
                     f"{kind} {j} of layer {layer} is out of range: the layer has {n} {kind}s now, "
                     f"0 .. {n - 1}. Indices count the {kind}s a layer has now, after any earlier "
                     f"{fn}: {hint}"
                 )
         if len(set(indices)) != len(indices):
             twice = next(j for j in indices if indices.count(j) > 1)
-            raise ValueError(f"{kind} {twice} is listed twice for layer {layer}: list each once")
+            raise CourseError(f"{kind} {twice} is listed twice for layer {layer}: list each once")
         if len(indices) == n:
-            raise ValueError(
+            raise CourseError(
                 f"{fn} would remove all {n} {kind}s of layer {layer}: keep at least one {kind} "
                 f"in layer {layer} (remove at most {n - 1}), or remove the layer"
             )

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.changes import change
+from course_lib.errors import CourseError
 from course_lib.model import GPT
 
 # An all-zero row (or group) has max|w| = 0: its scale is floored at the smallest normal float32
@@ -68,7 +69,7 @@ def pack_int4(codes: Tensor) -> Tensor:
     column 2j + 1 in the high half.
     """
     if codes.size(-1) % 2 or (codes.numel() and not -8 <= codes.min() <= codes.max() <= 7):
-        raise ValueError(
+        raise CourseError(
             f"pack_int4 packs int4 codes in [-8, 7] in pairs, got shape {tuple(codes.shape)} "
             f"with values in [{codes.min()}, {codes.max()}]: the last dimension must be even"
         )
@@ -222,13 +223,13 @@ def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
     to be a plain nn.Linear, in a model no quantize_* has touched and whose lm_head is wte."""
     if done := [c["change"] for c in model.changes if c["change"] in _quantize_names()]:
         kind = done[0].rpartition("_")[2]
-        raise ValueError(
+        raise CourseError(
             f"the model is already quantized to {kind} ({done[0]}): {fn} quantizes a float32 "
             f"model. Quantize the original instead, load_checkpoint(path).model of the float32 "
             f"checkpoint (dequantize(model) gives float32 weights, not the precision they lost)"
         )
     if model.lm_head.weight is not model.transformer.wte.weight:
-        raise ValueError(
+        raise CourseError(
             f"{fn} quantizes the tied wte / lm_head matrix, and this model's lm_head is its own "
             f"({type(model.lm_head).__name__}, e.g. from add_classifier): quantize the language "
             f"model, then add the head"
@@ -236,7 +237,7 @@ def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
     found = list(model.projections())
     for name, layer in found:
         if type(layer) is not nn.Linear:
-            raise ValueError(
+            raise CourseError(
                 f"{name} is a {type(layer).__name__}, and {fn} quantizes plain nn.Linear "
                 f"layers: merge LoRA adapters first (merge_lora(model))"
             )
@@ -264,7 +265,7 @@ def quantize_int4(model: GPT, group_size: int = 128) -> GPT:
     (``Int4Linear``, torchao's codes). Changed in place; returned."""
     layers = _projections(model, "quantize_int4")
     if type(group_size) is not int or group_size < 2 or group_size % 2:  # bool is no int here
-        raise ValueError(
+        raise CourseError(
             f"group_size={group_size!r}, expected an even integer >= 2 (two int4 codes share a "
             f"byte): 32 or 128 are usual"
         )
@@ -273,7 +274,7 @@ def quantize_int4(model: GPT, group_size: int = 128) -> GPT:
     for name, layer in named:
         if layer.in_features % group_size:
             valid = [g for g in range(2, widths[0] + 1, 2) if all(w % g == 0 for w in widths)]
-            raise ValueError(
+            raise CourseError(
                 f"group_size={group_size} does not divide {layer.in_features}, the input width "
                 f"of {name}: the groups cut every row into equal pieces. Use one of {valid}"
             )
@@ -303,13 +304,13 @@ def use_int8_kernel(model: GPT, on: bool = True) -> GPT:
     """
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     if not layers:
-        raise ValueError("the model has no Int8Linear layers: quantize_int8(model) first")
+        raise CourseError("the model has no Int8Linear layers: quantize_int8(model) first")
     for layer in layers:
         layer.packed = None
         if not on:
             continue
         if layer.weight_int8.device.type != "cpu":
-            raise ValueError(
+            raise CourseError(
                 f"the int8 kernel (fbgemm) runs on a CPU, and the model is on "
                 f"{layer.weight_int8.device}: move it with model.cpu() first"
             )
@@ -336,7 +337,7 @@ def dequantize(model: GPT) -> GPT:
     (the rounding is not undone): a plain GPT again, which ``to_hf`` converts. The quantize_*
     change record goes too. Changed in place; returned."""
     if not any(c["change"] in _quantize_names() for c in model.changes):
-        raise ValueError("the model is not quantized: nothing to dequantize")
+        raise CourseError("the model is not quantized: nothing to dequantize")
     for name, layer in model.projections():
         if isinstance(layer, QuantizedLinear):
             model.set_submodule(name, layer.to_linear())

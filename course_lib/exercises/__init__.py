@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from course_lib.errors import CourseError
+
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
 _ICONS = {PASSED: "✅", FAILED: "❌", NOT_ATTEMPTED: "⏳"}
 
@@ -99,7 +101,7 @@ def hint(lesson: str, exercise: str) -> None:
     importlib.import_module(f"course_lib.exercises.{lesson}")  # registers its hints
     text = _CODE_HINTS.get((lesson, exercise))
     if text is None:
-        raise ValueError(
+        raise CourseError(
             f"no code-level hint for {exercise!r} of {lesson}: the checker's message is the "
             f"hint there; show_solution({lesson!r}, {exercise!r}) prints a solution"
         )
