@@ -105,7 +105,7 @@ def main() -> None:
           f"({len(train_tokens):,} tokens): {first.seconds:.1f} s, "
           f"{first.nbytes() / 1e6:.0f} MB")  # fmt: skip
     timings = compare({
-        "scratch": one_step(next_token_loss, first.batches),
+        "scratch": one_step(next_token_loss, lambda b, g: first.batches(b, g)[:2]),
         "teacher in the loop": one_step(DistillationLoss(teacher, T=1.0, alpha=1.0),
                                         lambda b, g: first.batches(b, g)[:2]),
         "cached targets": one_step(CachedDistillationLoss(first.T, alpha=1.0), first.batches),

@@ -221,9 +221,9 @@ def topk_distill_loss(student_logits: Tensor, log_p: Tensor, ids: Tensor, T: flo
     log_p = log_p.float()
     kl = (log_p.exp() * (log_p - log_q_k)).sum(-1)  # (...,) the k bins
     if ids.size(-1) < student_logits.size(-1):  # the bin of every other token
-        log_q_rest = torch.logsumexp(log_q.scatter(-1, ids, -math.inf), dim=-1)  # (...,)
-        p_rest = (1 - log_p.exp().sum(-1)).clamp_min(0)  # (...,) what the k leave
-        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest.clamp_min(-100)  # 0 log 0 = 0
+        q_rest = (1 - log_q_k.exp().sum(-1)).clamp_min(1e-30)  # (...,) what the k leave
+        p_rest = (1 - log_p.exp().sum(-1)).clamp_min(0)  # (...,)
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()  # 0 log 0 = 0
     return T**2 * kl.mean()
 
 
