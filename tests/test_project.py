@@ -240,3 +240,29 @@ def test_cli_an_unexpected_exception_exits_1_with_its_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "KeyError: 'boom'" in proc.stderr
+
+
+def test_training_options_are_spelled_as_the_config_fields_in_every_command():
+    """train, finetune and compress take --max-steps, --lr, --batch-size, --seed, --device from
+    TrainConfig's fields (help texts included); compress's older --steps still works."""
+    parser = cli.build_parser()
+    options = ["--max-steps", "7", "--lr", "0.01", "--batch-size", "4", "--seed", "3"]
+    for command in ("train", "finetune", "compress --int8"):
+        args = parser.parse_args([*command.split(), *options, "--device", "cpu"])
+        assert (args.max_steps, args.lr, args.batch_size, args.seed, args.device) == (
+            7,
+            0.01,
+            4,
+            3,
+            "cpu",
+        ), command
+    assert parser.parse_args(["compress", "--distill", "n_layer=1", "--steps", "5"]).max_steps == 5
+    assert parser.parse_args(["compress", "--int8"]).max_steps == 600
+    assert parser.parse_args(["finetune"]).max_steps == 300
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {
+        name: {a.dest: a.help for a in p._actions} for name, p in sub.choices.items()
+        if name in ("train", "finetune", "compress")
+    }  # fmt: skip
+    assert helps["finetune"]["max_steps"] == "optimizer steps (default: 300)"
+    assert helps["compress"]["batch_size"].startswith(helps["train"]["batch_size"][:-1])

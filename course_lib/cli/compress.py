@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from course_lib import env
+from course_lib.cli.options import add_config_options
+from course_lib.config import TrainConfig
 from course_lib.errors import UsageError
 
 if TYPE_CHECKING:  # imported when the command runs: `course-lib --help` stays quick
@@ -71,7 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="after pruning, fine-tune this many steps (default: 0)",
     )
-    p.add_argument("--steps", type=int, default=600, help="--distill's steps (default: 600)")
     p.add_argument("--temperature", type=float, default=2.0, help="--distill's T (default: 2)")
     p.add_argument(
         "--alpha",
@@ -79,8 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="--distill's weight of the soft targets (default: 0.5)",
     )
-    p.add_argument("--lr", type=float, default=None, help="peak lr (recovery 1e-3, distill 3e-3)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per step (default: 32)")
+    add_config_options(
+        p, TrainConfig, ("max_steps", "lr", "batch_size", "seed", "device"),
+        defaults={"max_steps": 600, "batch_size": 32, "seed": 1337},
+        notes={"max_steps": "--distill's", "seed": "and of the student",
+               "lr": "default: recovery 1e-3, distill 3e-3"},
+        aliases={"max_steps": ["--steps"]},
+    )  # fmt: skip
     p.add_argument(
         "--text",
         type=Path,
@@ -88,8 +94,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train (importance, recovery, distillation) on this UTF-8 file instead of the corpus",
     )
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoint>-<method>")
-    p.add_argument("--seed", type=int, default=1337, help="seed of batches and the student")
-    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best there is)")
     p.set_defaults(run=cmd_compress)
 
 
@@ -112,7 +116,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = args.out or base_path.with_name(f"{base_path.name}-{method}")
     if args.recover_steps and not method.startswith("prune"):
         raise UsageError(f"--recover-steps follows pruning; {method} does not train")
-    if args.recover_steps < 0 or args.steps < 1:
+    if args.recover_steps < 0 or args.max_steps < 1:
         raise UsageError("--recover-steps must be >= 0 and --steps >= 1")
     base = load_checkpoint(base_path)
     tok = require_tokenizer(base, base_path)
@@ -174,9 +178,7 @@ def _tokens(text: Path | None, tok: BPETokenizer) -> dict[str, torch.Tensor]:
     return data.encode_splits(splits, tok)
 
 
-def _config(args: argparse.Namespace, out: Path, steps: int, lr: float):  # -> TrainConfig
-    from course_lib.config import TrainConfig
-
+def _config(args: argparse.Namespace, out: Path, steps: int, lr: float) -> TrainConfig:
     return TrainConfig(
         batch_size=args.batch_size,
         max_steps=steps,
@@ -211,7 +213,7 @@ def _distill(teacher: GPT, tokens: dict, tok: BPETokenizer, out: Path, args) -> 
 
     env.seed_everything(args.seed)  # the student's initial weights
     student = GPT(student_config(teacher.config, args.distill))
-    config = _config(args, out, args.steps, args.lr or 3e-3)
+    config = _config(args, out, args.max_steps, args.lr or 3e-3)
     data = {s: tokens[s] for s in ("train", "val")}
     result = distill(
         student, teacher, data, config, T=args.temperature, alpha=args.alpha, tokenizer=tok

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 
 from course_lib import env
+from course_lib.cli.options import add_config_options
+from course_lib.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoints>/<base>-<method>")
     p.add_argument("--resume", action="store_true", help="continue from --out where it stopped")
-    p.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
-    p.add_argument("--lr", type=float, default=None, help="peak lr (full 3e-4, lora 3e-3)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per step (default: 16)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of batches and adapters")
-    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best there is)")
+    add_config_options(
+        p, TrainConfig, ("max_steps", "max_minutes", "lr", "batch_size", "seed", "device"),
+        defaults={"max_steps": 300, "batch_size": 16, "seed": 1337},
+        notes={"lr": "default: full 3e-4, lora 3e-3", "seed": "and of the adapters"},
+    )  # fmt: skip
     p.set_defaults(run=cmd_finetune)
 
 
@@ -59,7 +60,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
     from course_lib.checkpoint import load_checkpoint, require_tokenizer
-    from course_lib.config import TrainConfig
     from course_lib.finetune import add_lora
     from course_lib.metrics import bits_per_char, evaluate_all
     from course_lib.train import train

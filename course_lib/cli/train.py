@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import types
-import typing
 from pathlib import Path
 
 from course_lib import data, env
+from course_lib.cli.options import add_config_options
 from course_lib.config import GPTConfig, TrainConfig
 from course_lib.errors import CourseError, UsageError
 from course_lib.tokenizer import BPETokenizer
@@ -71,8 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # The rest are the fields of TrainConfig and GPTConfig, their help texts included; unset,
     # each is the preset's (TrainConfig.course(), GPTConfig.course()), or the resumed run's.
-    _add_options(p, TrainConfig, _train_options())
-    _add_options(p, GPTConfig, _MODEL_OPTIONS, "model ")
+    add_config_options(p, TrainConfig, _train_options())
+    add_config_options(p, GPTConfig, _MODEL_OPTIONS, "model ")
     p.set_defaults(run=cmd_train)
 
 
@@ -85,30 +84,6 @@ _MODEL_OPTIONS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "posit
 def _train_options() -> tuple[str, ...]:
     skip = {"block_size", "log_path", "checkpoint_dir", "stop_at_step", "progress"}
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip)
-
-
-def _add_options(
-    parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...], prefix: str = ""
-) -> None:
-    """--some-field for each of ``names``, a field of the dataclass ``cls``: its type (bool:
-    --x / --no-x), its help text; default None, meaning "not given"."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name not in names:
-            continue
-        kind = hints[f.name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        base = typing.get_origin(kind) or kind
-        if base in (typing.Union, types.UnionType):
-            base = typing.get_origin(args[0]) or args[0]
-        option = dict(default=None, help=prefix + f.metadata.get("help", f.name))
-        if base is bool:
-            option["action"] = argparse.BooleanOptionalAction
-        elif base is tuple:
-            option.update(type=float, nargs=len(args), metavar=tuple(f"B{i}" for i in range(2)))
-        else:
-            option["type"] = str if base is Path else base
-        parser.add_argument("--" + f.name.replace("_", "-"), **option)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
