@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,7 +61,12 @@ def schedule(steps: int) -> TrainConfig:
                               eval_interval=steps, eval_steps=4, progress=False)  # fmt: skip
 
 
-def one_step(loss_fn, draw) -> callable:
+def xy(draw: Callable) -> Callable:
+    """The (x, y) of a TeacherTargets batch source: the same windows, without the targets."""
+    return lambda batch_size, generator: draw(batch_size, generator)[:2]
+
+
+def one_step(loss_fn, draw) -> Callable[[], None]:
     """A function that runs one training step of a fresh student on batches from ``draw``."""
     net = new_student()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -105,9 +111,9 @@ def main() -> None:
           f"({len(train_tokens):,} tokens): {first.seconds:.1f} s, "
           f"{first.nbytes() / 1e6:.0f} MB")  # fmt: skip
     timings = compare({
-        "scratch": one_step(next_token_loss, lambda b, g: first.batches(b, g)[:2]),
+        "scratch": one_step(next_token_loss, xy(first.batches)),
         "teacher in the loop": one_step(DistillationLoss(teacher, T=1.0, alpha=1.0),
-                                        lambda b, g: first.batches(b, g)[:2]),
+                                        xy(first.batches)),
         "cached targets": one_step(CachedDistillationLoss(first.T, alpha=1.0), first.batches),
     }, rounds=7)  # fmt: skip
     print(timings.table(unit="steps/s", label="a training step, batch 16 x 128"))
@@ -133,7 +139,7 @@ def main() -> None:
               f"({row['seconds']:.0f} s)", flush=True)  # fmt: skip
 
     windows = {"train": first.batches, "val": val_targets[args.T[0]].batches}
-    run("scratch", {s: lambda b, g, d=d: d(b, g)[:2] for s, d in windows.items()}, None)
+    run("scratch", {s: xy(d) for s, d in windows.items()}, None)
     for T in args.T:
         data = {"train": targets[T].batches, "val": val_targets[T].batches}
         for alpha in args.alpha:
