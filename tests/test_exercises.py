@@ -11,13 +11,11 @@ from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises import lesson02 as ex02
-from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises import lesson05 as ex05
 from course_lib.exercises import lesson06 as ex06
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
 from course_lib.exercises.solutions import lesson02 as sol02
-from course_lib.exercises.solutions import lesson03 as sol03
 from course_lib.exercises.solutions import lesson05 as sol05
 from course_lib.exercises.solutions import lesson06 as sol06
 from course_lib.optim import lr_at
@@ -229,69 +227,6 @@ def test_rotate_pairs_stub_is_not_attempted_with_a_nudge(capsys):
 ])  # fmt: skip
 def test_rotate_pairs_rejects_typical_mistakes(attempt, feedback):
     result = ex02.check_rotate_pairs(attempt)
-    assert result.status == FAILED and feedback in result.message, result.message
-
-
-# --- lesson 03 -----------------------------------------------------------------------------------
-
-
-def _attention(q, k, v, scale=None, mask=True, dim=-1, after=False, inverted=False, weights=False):
-    T, d = q.shape[-2], q.shape[-1]
-    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(d) if scale is None else scale)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)
-    if inverted:
-        future = ~future
-    if mask and not after:
-        scores = scores.masked_fill(future, float("-inf"))
-    w = scores.softmax(dim=dim)
-    if after:
-        w = w.masked_fill(future, 0.0)
-    return w if weights else w @ v
-
-
-def test_masked_attention_accepts_solution():
-    assert ex03.check_masked_attention(sol03.masked_attention).passed
-
-
-def test_masked_attention_stub_is_not_attempted():
-    assert ex03.check_masked_attention(stub).status == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize(("kwargs", "feedback"), [
-    ({"scale": 1.0}, "no scaling"),
-    ({"scale": 1 / 8}, "divided by d_k"),
-    ({"mask": False}, "future is not hidden"),
-    ({"after": True}, "after the softmax"),
-    ({"dim": -2}, "wrong dimension"),
-    ({"inverted": True}, "mask inverted"),
-    ({"weights": True}, "that is the weights"),
-])  # fmt: skip
-def test_masked_attention_rejects_typical_mistakes(kwargs, feedback):
-    result = ex03.check_masked_attention(lambda q, k, v: _attention(q, k, v, **kwargs))
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-def test_window_mask_accepts_the_solution_and_says_not_attempted_to_a_stub():
-    assert ex03.check_window_mask(sol03.window_mask).passed
-    assert ex03.check_window_mask(stub).status == NOT_ATTEMPTED
-
-
-def _window(T, w, rule):
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    return rule(i, j, w)
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda T, w: _window(T, w, lambda i, j, w: (j <= i) & (i - j <= w)), "off by one"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (i - j).abs() < w), "the future is visible"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (j < i) & (i - j <= w)), "cannot see itself"),
-    (lambda T, w: _window(T, w, lambda i, j, w: j <= i), "plain causal mask"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (j <= i) & (i - j < w)).float(), "bool mask"),
-    (lambda T, w: torch.ones(T), "return a (T, T) mask"),
-])  # fmt: skip
-def test_window_mask_rejects_typical_mistakes(attempt, feedback):
-    result = ex03.check_window_mask(attempt)
     assert result.status == FAILED and feedback in result.message, result.message
 
 
@@ -929,18 +864,16 @@ def _stub_messages() -> list[str]:
 
 
 def test_experiment_checkers_accept_the_solutions_and_say_not_attempted_to_stubs():
-    from course_lib.exercises import lesson00, lesson01, lesson02, lesson03, lesson06
+    from course_lib.exercises import lesson00, lesson01, lesson02, lesson06
     from course_lib.exercises.solutions import lesson00 as s00
     from course_lib.exercises.solutions import lesson01 as s01
     from course_lib.exercises.solutions import lesson02 as s02
-    from course_lib.exercises.solutions import lesson03 as s03
     from course_lib.exercises.solutions import lesson06 as s06
 
     checks = {
         lesson00.check_bigram: s00.bigram,
         lesson01.check_less_text: s01.less_text,
         lesson02.check_dot_by_offset: s02.dot_by_offset,
-        lesson03.check_attention_weights: s03.attention_weights,
         lesson06.check_nucleus_sizes: s06.nucleus_sizes,
     }
     for check, solution in checks.items():
@@ -963,7 +896,6 @@ def _bigram_unsmoothed(train, val):
     ("lesson02.check_dot_by_offset", lambda pe, k: (pe * pe).sum(-1), "one dot product per t"),
     ("lesson02.check_dot_by_offset", lambda pe, k: (pe[: len(pe) - k] * pe[k:]).sum(-1) + 1,
      "differ from pe[t]"),
-    ("lesson03.check_attention_weights", lambda q, k, s: (q @ k.T).softmax(-1), "differ"),
     ("lesson06.check_nucleus_sizes", lambda lg, p: (lg.softmax(-1) > 0.01).sum(-1), "differ"),
 ])  # fmt: skip
 def test_experiment_checkers_reject_wrong_measurements(check, attempt, feedback):
