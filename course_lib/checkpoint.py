@@ -47,7 +47,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from course_lib.changes import ChangeError, replay
+from course_lib.changes import ChangeError, changes_from_json, changes_to_json, replay
 from course_lib.errors import CourseError
 from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swap_in, write_atomic
 from course_lib.model import GPT, GPTConfig
@@ -66,7 +66,9 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 BEST = "best"  # the subfolder where a run with keep_best keeps its lowest-val-loss checkpoint
 FORMAT = "course_lib checkpoint"
-VERSION = 2  # 1: no "changes" and no "run" in config.json (read as none)
+# 1: no "changes" and no "run" in config.json (read as none); 2: changes named module.function,
+# their arguments plain JSON (read as course_lib.changes.OLD_NAMES says)
+VERSION = 3
 T = TypeVar("T")
 
 
@@ -149,7 +151,7 @@ def save_checkpoint(
             "format": FORMAT,
             "version": VERSION,
             "model": dataclasses.asdict(config),
-            "changes": getattr(model, "changes", []),
+            "changes": changes_to_json(getattr(model, "changes", [])),
             "train": train_config,
             "run": run,
         }
@@ -233,7 +235,7 @@ def _load(path: str | Path, device: str | torch.device | None) -> Checkpoint:
     config = GPTConfig(**meta["model"])
     model = GPT(config)
     try:
-        replay(model, meta.get("changes") or [])
+        replay(model, meta["changes"])
     except ChangeError as err:
         raise CheckpointError(f"{folder / CONFIG}: {err}") from None
     load_weights(model, folder, config_source=folder / CONFIG)
@@ -384,14 +386,14 @@ def _check_folder(path: Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict:
-    """A checkpoint folder's config.json, checked: "model" (GPTConfig fields), "changes" (a
-    list, empty for a checkpoint of format version 1), "train" and "run" (dicts or None)."""
+    """A checkpoint folder's config.json, checked: "model" (GPTConfig fields), "changes" (as
+    ``model.changes`` holds them; none for a checkpoint of format version 1), "train" and "run"
+    (dicts or None)."""
     file = _check_folder(Path(path)) / CONFIG
     try:
         meta = json.loads(file.read_text())
         GPTConfig(**meta["model"])
-        if not isinstance(meta.setdefault("changes", []), list):
-            raise TypeError(f"changes must be a list, got {type(meta['changes']).__name__}")
+        meta["changes"] = changes_from_json(meta.get("changes", []))
         meta.setdefault("train", None)
         meta.setdefault("run", None)
         return meta

@@ -41,7 +41,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from course_lib.changes import change
+from course_lib.changes import applied, change, forget
 from course_lib.errors import CourseError
 from course_lib.files import fresh_folder, swap_in
 from course_lib.model import GPT, PROJECTIONS
@@ -90,7 +90,7 @@ def _targets(model: GPT, targets: list[str]) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.projections() if name.rpartition(".")[2] in targets]
 
 
-@change
+@change("add_lora")
 def add_lora(
     model: GPT,
     rank: int = 8,
@@ -141,13 +141,12 @@ def merge_lora(model: GPT) -> GPT:
     if not merged:
         raise CourseError("the model has no LoRA adapters to merge: add_lora(model, ...) first")
     model.requires_grad_(True)
-    model.changes = [c for c in model.changes if c["change"] != add_lora.change_name]
-    return model
+    return forget(model, add_lora)
 
 
 def lora_config(model: GPT) -> dict:
     """The arguments ``add_lora`` was called with on ``model`` (ValueError if it was not)."""
-    records = [c for c in model.changes if c["change"] == add_lora.change_name]
+    records = applied(model, add_lora)
     if not records:
         raise CourseError("the model has no LoRA adapters: add_lora(model, ...) first")
     return records[-1]["args"]
@@ -218,7 +217,7 @@ def load_adapter(model: GPT, path: str | Path) -> GPT:
 # A classification head.
 
 
-@change
+@change("add_classifier")
 def add_classifier(model: GPT, n_classes: int) -> GPT:
     """Replace the language-model head by a head scoring ``n_classes`` labels at every position:
     ``model(idx).logits`` becomes (B, T, n_classes). The token embedding is untied from it."""

@@ -84,7 +84,7 @@ def to_hf(model: GPT) -> GPT2LMHeadModel:
 
     c = model.config
     if changed := [ch for ch in model.changes if changes_shapes(ch)]:
-        done = ", ".join(ch["change"].rpartition(".")[2] for ch in changed)
+        done = ", ".join(ch["change"] for ch in changed)
         raise CourseError(
             f"to_hf converts GPT-2's architecture, and this model was changed since it was "
             f"built ({done}): GPT2LMHeadModel has no place for that. Undo the change first "

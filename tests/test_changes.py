@@ -11,6 +11,10 @@ course's own LoRA, quantization and pruning on the same mechanism); the code und
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import threading
 from dataclasses import replace
 
 import pytest
@@ -19,9 +23,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib import data
-from course_lib.changes import ChangeError, change, replay
-from course_lib.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from course_lib.changes import (
+    OLD_NAMES,
+    ChangeError,
+    applied,
+    change,
+    changes_from_json,
+    changes_shapes,
+    forget,
+    replay,
+)
+from course_lib.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    model_differences,
+    read_meta,
+    save_checkpoint,
+)
+from course_lib.compress import prune_heads, quantize_int4
 from course_lib.config import TrainConfig
+from course_lib.errors import CourseError
+from course_lib.finetune import add_lora
 from course_lib.model import GPT, GPTConfig
 from course_lib.optim import configure_optimizer
 from course_lib.train import train
@@ -42,7 +65,7 @@ class LowRank(nn.Module):
         return self.base(x) + x @ self.A.t() @ self.B.t()
 
 
-@change
+@change("wrap_attention")
 def wrap_attention(model: GPT, rank: int = 2) -> GPT:
     """Freeze the model; wrap every c_attn in a trainable low-rank adapter."""
     model.requires_grad_(False)
@@ -66,7 +89,7 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.weight.float() * self.scale[:, None], self.bias)
 
 
-@change
+@change("quantize_mlp")
 def quantize_mlp(model: GPT, layers: list[int] | None = None) -> GPT:
     for i, block in enumerate(model.transformer.h):
         if layers is None or i in layers:
@@ -74,11 +97,11 @@ def quantize_mlp(model: GPT, layers: list[int] | None = None) -> GPT:
     return model
 
 
-@change
-def keep_heads(model: GPT, heads: dict[str, list[int]]) -> GPT:
-    """Keep only the listed heads of each layer (keys are layer numbers, as JSON writes them)."""
+@change("keep_heads")
+def keep_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
+    """Keep only the listed heads of each layer: {layer: [head, ...]}."""
     for layer, kept in heads.items():
-        attn = model.transformer.h[int(layer)].attn
+        attn = model.transformer.h[layer].attn
         hd, C = attn.head_dim, attn.n_embd
         rows = torch.tensor([h * hd + i for h in kept for i in range(hd)])
         qkv = torch.cat([rows + part * attn.n_head * hd for part in range(3)])
@@ -92,7 +115,7 @@ def keep_heads(model: GPT, heads: dict[str, list[int]]) -> GPT:
     return model
 
 
-@change
+@change("keep_neurons")
 def keep_neurons(model: GPT, layer: int, neurons: list[int]) -> GPT:
     """Keep only the listed hidden neurons of one layer's MLP (a narrower c_fc and c_proj)."""
     mlp = model.transformer.h[layer].mlp
@@ -134,32 +157,186 @@ def same_state(a: nn.Module, b: nn.Module) -> bool:
 # --- recording and replaying ---------------------------------------------------------------------
 
 
-def test_a_change_is_recorded_with_its_arguments_as_json():
+def test_a_change_is_recorded_under_its_name_with_its_arguments():
     model = wrap_attention(tiny_model(), rank=3)
-    assert model.changes == [{"change": f"{__name__}.wrap_attention", "args": {"rank": 3}}]
-    pruned = keep_heads(tiny_model(), {1: [0]})  # an int key, as Python writes it...
-    assert pruned.changes[-1]["args"] == {"heads": {"1": [0]}}  # ...recorded as JSON has it
-    assert json.loads(json.dumps(model.changes)) == model.changes
+    assert model.changes == [{"change": "wrap_attention", "args": {"rank": 3}}]
+    pruned = keep_heads(tiny_model(), {1: [0]})
+    assert pruned.changes == [{"change": "keep_heads", "args": {"heads": {1: [0]}}}]
 
 
 def test_replay_builds_the_same_structure():
-    changed = wrap_attention(quantize_mlp(keep_heads(tiny_model(), {"0": [1]})))
+    changed = wrap_attention(quantize_mlp(keep_heads(tiny_model(), {0: [1]})))
     rebuilt = replay(tiny_model(seed=1), changed.changes)
     shapes = {k: (v.shape, v.dtype) for k, v in changed.state_dict().items()}
     assert {k: (v.shape, v.dtype) for k, v in rebuilt.state_dict().items()} == shapes
     assert rebuilt.changes == changed.changes
 
 
-def test_arguments_that_are_not_json_are_refused_naming_the_fix():
-    with pytest.raises(TypeError, match=r"keep_heads: its arguments must be plain JSON"):
-        keep_heads(tiny_model(), {0: torch.tensor([1])})
-
-
 def test_an_unknown_change_names_itself_and_the_fix():
-    with pytest.raises(ChangeError, match=r"changed by mylib\.magic, which this program does"):
-        replay(tiny_model(), [{"change": "mylib.magic", "args": {}}])
+    with pytest.raises(ChangeError, match=r"changed by magic, which this program does not know"):
+        replay(tiny_model(), [{"change": "magic", "args": {}}])
     with pytest.raises(ChangeError, match="must be"):
-        replay(tiny_model(), ["lora"])
+        changes_from_json(["lora"])
+
+
+SEEN: list[dict] = []  # the arguments note_arguments was called with, call by call
+
+
+@change("note_arguments")
+def note_arguments(model: GPT, heads: dict, targets: tuple | list = ("c_attn",)) -> GPT:
+    """Change nothing; note the arguments, to compare the first call with the replay."""
+    SEEN.append({"heads": heads, "targets": targets})
+    return model
+
+
+def test_int_keys_and_tuples_reach_the_replay_as_they_reached_the_first_call(tmp_path):
+    SEEN.clear()
+    heads = {0: [1], 2: (3, 4)}
+    save_checkpoint(tmp_path / "c", note_arguments(tiny_model(), heads, ("c_attn", "c_fc")))
+    load_checkpoint(tmp_path / "c")
+    first, replayed = SEEN
+    assert first == replayed == {"heads": heads, "targets": ("c_attn", "c_fc")}
+    assert [type(k) for k in replayed["heads"]] == [int, int]  # not "0" and "2"
+    assert type(replayed["heads"][2]) is tuple and type(replayed["targets"]) is tuple
+    args = json.loads((tmp_path / "c" / "config.json").read_text())["changes"][0]["args"]
+    assert args["heads"] == {"$int_keys": {"0": [1], "2": {"$tuple": [3, 4]}}}
+
+
+@pytest.mark.parametrize(
+    "heads",
+    [{0: torch.tensor([1])}, {0: {1, 2}}, {0: [1], "1": [2]}, {"$tuple": [1]}],
+    ids=["tensor", "set", "mixed-keys", "a-tag"],
+)
+def test_an_argument_a_checkpoint_would_not_give_back_equal_is_refused_naming_it(heads):
+    model = tiny_model()
+    with pytest.raises(CourseError, match=r"note_arguments: heads=.* cannot be recorded"):
+        note_arguments(model, heads)
+    assert model.changes == []
+
+
+@change("wrap_and_quantize")
+def wrap_and_quantize(model: GPT) -> GPT:
+    """Two changes in one: replaying it calls both again, so it alone is recorded."""
+    return quantize_mlp(wrap_attention(model))
+
+
+TWIN: list[GPT] = []
+
+
+@change("wrap_with_twin")
+def wrap_with_twin(model: GPT) -> GPT:
+    """Wrap the model, and TWIN[0] too: a change of another model, recorded there."""
+    wrap_attention(TWIN[0])
+    return wrap_attention(model)
+
+
+def test_changes_called_by_a_change_of_the_same_model_are_part_of_it():
+    nested = wrap_and_quantize(tiny_model())
+    assert nested.changes == [{"change": "wrap_and_quantize", "args": {}}]
+    rebuilt = replay(tiny_model(), nested.changes)
+    assert rebuilt.state_dict().keys() == nested.state_dict().keys()
+    TWIN[:] = [tiny_model()]
+    model = wrap_with_twin(tiny_model())
+    assert [c["change"] for c in model.changes] == ["wrap_with_twin"]
+    assert [c["change"] for c in TWIN[0].changes] == ["wrap_attention"]
+
+
+INSIDE, RELEASE = threading.Event(), threading.Event()
+
+
+@change("wait_inside")
+def wait_inside(model: GPT) -> GPT:
+    """Change nothing; stay inside the change until the test releases it."""
+    INSIDE.set()
+    RELEASE.wait(timeout=60)
+    return model
+
+
+def test_a_change_running_in_another_thread_hides_no_change_of_this_one():
+    INSIDE.clear()
+    RELEASE.clear()
+    waiting = tiny_model()
+    thread = threading.Thread(target=wait_inside, args=(waiting,))
+    thread.start()
+    try:
+        assert INSIDE.wait(timeout=60)
+        model = wrap_attention(tiny_model())  # while wait_inside runs in the other thread
+    finally:
+        RELEASE.set()
+        thread.join()
+    assert [c["change"] for c in model.changes] == ["wrap_attention"]
+    assert [c["change"] for c in waiting.changes] == ["wait_inside"]
+
+
+def test_forget_drops_the_record_of_an_undone_change(tmp_path):
+    model = wrap_attention(quantize_mlp(tiny_model(), layers=[1]), rank=3)
+    assert applied(model, wrap_attention) == [{"change": "wrap_attention", "args": {"rank": 3}}]
+    for block in model.transformer.h:  # undo the adapters: the plain c_attn again
+        block.attn.c_attn = block.attn.c_attn.base
+    forget(model, wrap_attention)
+    assert model.changes == [{"change": "quantize_mlp", "args": {"layers": [1]}}]
+    save_checkpoint(tmp_path / "u", model)  # loads: the replay builds no adapters
+    assert same_state(load_checkpoint(tmp_path / "u").model, model)
+
+
+@pytest.mark.parametrize(
+    ("old_name", "build"),
+    [
+        ("course_lib.finetune.add_lora", lambda m: add_lora(m, 2, targets=["c_attn", "c_fc"])),
+        ("course_lib.compress.prune.prune_heads", lambda m: prune_heads(m, {0: [1], 1: [0]})),
+        ("course_lib.compress.quantize.quantize_int4", lambda m: quantize_int4(m, 32)),
+        (f"{__name__}.keep_heads", lambda m: keep_heads(m, {1: [0]})),  # a learner's own
+    ],
+    ids=["add_lora", "prune_heads", "quantize_int4", "a-learners-change"],
+)
+def test_a_checkpoint_saved_before_changes_had_names_loads_as_the_same_model(
+    old_name, build, tmp_path
+):
+    model = build(tiny_model()).eval()
+    save_checkpoint(tmp_path / "old", model)
+    config = tmp_path / "old" / "config.json"
+    meta = json.loads(config.read_text())
+    [record] = model.changes  # as course_lib wrote it then: module.function, plain JSON
+    meta["changes"] = [{"change": old_name, "args": json.loads(json.dumps(record["args"]))}]
+    meta["version"] = 2
+    config.write_text(json.dumps(meta))
+    loaded = load_checkpoint(tmp_path / "old").model
+    assert loaded.changes == model.changes
+    assert model_differences(read_meta(tmp_path / "old"), model, "wanted") == []  # cache hit
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    assert torch.equal(loaded(idx).logits, model(idx).logits)
+
+
+def test_loading_imports_the_course_module_that_registers_a_change(tmp_path):
+    save_checkpoint(tmp_path / "q", quantize_int4(tiny_model(), 32))
+    code = (
+        "import sys; from course_lib.checkpoint import load_model; "
+        "assert 'course_lib.compress.quantize' not in sys.modules; "
+        "print(load_model(sys.argv[1]).changes)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q")], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == "[{'change': 'quantize_int4', 'args': {'group_size': 32}}]"
+
+
+def test_every_old_name_reads_as_a_change_the_course_registers():
+    records = changes_from_json([{"change": old, "args": {}} for old in OLD_NAMES])
+    assert [r["change"] for r in records] == list(OLD_NAMES.values())
+    shapes = {r["change"]: changes_shapes(r) for r in records}  # each found, modules imported
+    assert [name for name, changed in shapes.items() if not changed] == ["prune_magnitude"]
+
+
+def test_a_change_is_registered_under_a_name_no_other_function_has():
+    with pytest.raises(CourseError, match=r'@change needs the name .*write @change\("my_change"\)'):
+
+        @change
+        def unnamed(model: GPT) -> GPT:
+            return model
+
+    taken = rf"'wrap_attention' is taken by {re.escape(__name__)}\.wrap_attention"
+    with pytest.raises(CourseError, match=taken):
+        change("wrap_attention")(lambda model: model)
+    change("wrap_attention")(wrap_attention.__wrapped__)  # the same function: a cell run again
 
 
 # --- a wrapped projection: trains only what is new, saves, loads, resumes -------------------------
@@ -255,7 +432,7 @@ def test_int8_weights_into_an_unchanged_model_fail_naming_tensor_dtype_and_fix(t
 
 
 def test_pruned_heads_round_trip_and_to_hf_refuses_naming_the_fix(tmp_path):
-    model = keep_heads(tiny_model(), {"0": [1]}).eval()
+    model = keep_heads(tiny_model(), {0: [1]}).eval()
     assert (model.transformer.h[0].attn.n_head, model.transformer.h[1].attn.n_head) == (1, 2)
     # one head of 16 channels: its q, k, v rows (weights and biases) and its c_proj columns
     assert model.num_params() == tiny_model().num_params() - (4 * 16 * 32 + 3 * 16)

@@ -11,18 +11,13 @@ from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
 from course_lib.exercises import lesson02 as ex02
-from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises import lesson05 as ex05
-from course_lib.exercises import lesson06 as ex06
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
 from course_lib.exercises.solutions import lesson02 as sol02
-from course_lib.exercises.solutions import lesson03 as sol03
 from course_lib.exercises.solutions import lesson05 as sol05
-from course_lib.exercises.solutions import lesson06 as sol06
 from course_lib.optim import lr_at
 from course_lib.positional import sinusoidal_encoding
-from course_lib.sampling import top_k_filter, top_p_filter
 
 
 def stub(*args):
@@ -232,69 +227,6 @@ def test_rotate_pairs_rejects_typical_mistakes(attempt, feedback):
     assert result.status == FAILED and feedback in result.message, result.message
 
 
-# --- lesson 03 -----------------------------------------------------------------------------------
-
-
-def _attention(q, k, v, scale=None, mask=True, dim=-1, after=False, inverted=False, weights=False):
-    T, d = q.shape[-2], q.shape[-1]
-    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(d) if scale is None else scale)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)
-    if inverted:
-        future = ~future
-    if mask and not after:
-        scores = scores.masked_fill(future, float("-inf"))
-    w = scores.softmax(dim=dim)
-    if after:
-        w = w.masked_fill(future, 0.0)
-    return w if weights else w @ v
-
-
-def test_masked_attention_accepts_solution():
-    assert ex03.check_masked_attention(sol03.masked_attention).passed
-
-
-def test_masked_attention_stub_is_not_attempted():
-    assert ex03.check_masked_attention(stub).status == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize(("kwargs", "feedback"), [
-    ({"scale": 1.0}, "no scaling"),
-    ({"scale": 1 / 8}, "divided by d_k"),
-    ({"mask": False}, "future is not hidden"),
-    ({"after": True}, "after the softmax"),
-    ({"dim": -2}, "wrong dimension"),
-    ({"inverted": True}, "mask inverted"),
-    ({"weights": True}, "that is the weights"),
-])  # fmt: skip
-def test_masked_attention_rejects_typical_mistakes(kwargs, feedback):
-    result = ex03.check_masked_attention(lambda q, k, v: _attention(q, k, v, **kwargs))
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-def test_window_mask_accepts_the_solution_and_says_not_attempted_to_a_stub():
-    assert ex03.check_window_mask(sol03.window_mask).passed
-    assert ex03.check_window_mask(stub).status == NOT_ATTEMPTED
-
-
-def _window(T, w, rule):
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    return rule(i, j, w)
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda T, w: _window(T, w, lambda i, j, w: (j <= i) & (i - j <= w)), "off by one"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (i - j).abs() < w), "the future is visible"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (j < i) & (i - j <= w)), "cannot see itself"),
-    (lambda T, w: _window(T, w, lambda i, j, w: j <= i), "plain causal mask"),
-    (lambda T, w: _window(T, w, lambda i, j, w: (j <= i) & (i - j < w)).float(), "bool mask"),
-    (lambda T, w: torch.ones(T), "return a (T, T) mask"),
-])  # fmt: skip
-def test_window_mask_rejects_typical_mistakes(attempt, feedback):
-    result = ex03.check_window_mask(attempt)
-    assert result.status == FAILED and feedback in result.message, result.message
-
-
 # --- lesson 05 -----------------------------------------------------------------------------------
 
 
@@ -476,201 +408,6 @@ def test_batch_loss_rejects_typical_mistakes(attempt, feedback):
     result = ex05.check_batch_loss(attempt)
     assert result.status == FAILED
     assert feedback in result.message
-
-
-# --- lesson 06 -----------------------------------------------------------------------------------
-
-NEG_INF = float("-inf")
-
-
-def _kth_largest(logits, k, largest=True, dim=-1):
-    return torch.topk(logits, k, dim=dim, largest=largest).values.narrow(dim, k - 1, 1)
-
-
-def _top_k_zero_fill(logits, k):
-    kth = _kth_largest(logits, min(k, logits.size(-1)))
-    return logits.masked_fill(logits < kth, 0.0)
-
-
-def _top_k_drops_kth(logits, k):
-    kth = _kth_largest(logits, min(k, logits.size(-1)))
-    return logits.masked_fill(logits <= kth, NEG_INF)
-
-
-def _top_k_one_more(logits, k):
-    kth = _kth_largest(logits, min(k + 1, logits.size(-1)))
-    return logits.masked_fill(logits < kth, NEG_INF)
-
-
-def _top_k_smallest(logits, k):
-    kth = _kth_largest(logits, min(k, logits.size(-1)), largest=False)
-    return logits.masked_fill(logits > kth, NEG_INF)
-
-
-def _top_k_in_place(logits, k):
-    kth = _kth_largest(logits, min(k, logits.size(-1)))
-    logits[logits < kth] = NEG_INF
-    return logits
-
-
-def _top_k_no_min(logits, k):
-    return logits.masked_fill(logits < _kth_largest(logits, k), NEG_INF)
-
-
-def _top_k_over_batch(logits, k):
-    return logits.masked_fill(logits < _kth_largest(logits, k, dim=0), NEG_INF)
-
-
-def _top_k_scattered(logits, k):
-    values, idx = torch.topk(logits, min(k, logits.size(-1)))
-    return torch.full_like(logits, NEG_INF).scatter(-1, idx, values)
-
-
-def test_top_k_accepts_solution():
-    assert ex06.check_top_k(sol06.top_k).status == PASSED
-    assert ex06.check_top_k(_top_k_scattered).passed  # exactly k: no ties in random logits
-
-
-def test_top_k_stub_is_not_attempted_with_hint():
-    result = ex06.check_top_k(stub)
-    assert result.status == NOT_ATTEMPTED
-    assert "k-th largest" in result.message and "torch.topk" not in result.message
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (_top_k_zero_fill, "set to 0 instead of -inf"),
-    (lambda lg, k: _top_k_zero_fill(lg, k) - 1e9 * (_top_k_zero_fill(lg, k) == 0), "-1e+09"),
-    (_top_k_drops_kth, "k - 1 tokens, one too few"),
-    (_top_k_drops_kth, "(for logits of shape (4, 10) and k = 1)"),
-    (_top_k_one_more, "k + 1 tokens, one too many"),
-    (_top_k_smallest, "keeps the k smallest"),
-    (lambda lg, k: top_k_filter(lg, k).softmax(-1), "those are probabilities"),
-    (_top_k_in_place, "changed the logits it was given"),
-    (_top_k_no_min, "k = 15 > V = 10 your function raised RuntimeError"),
-    (_top_k_no_min, "use k = min(k, logits.size(-1))"),
-    (lambda lg, k: torch.topk(lg, min(k, lg.size(-1))).values, "shape (4, 1): those are"),
-    (lambda lg, k: top_k_filter(lg, k).T, "got shape (10, 4)"),
-    (lambda lg, k: top_k_filter(lg, k)[0], "got shape (10,)"),
-    (_top_k_over_batch, "filters over dim 0"),
-    (lambda lg, k: top_k_filter(lg.sort(-1, descending=True).values, k), "result is sorted"),
-    (lambda lg, k: top_k_filter(lg, k) == NEG_INF, "a mask of the tokens"),
-    (lambda lg, k: top_k_filter(lg, k).tolist(), "return a tensor, the filtered logits, got list"),
-    (lambda lg, k: top_k_filter(lg, k + 2), "row 0 keeps the tokens [4, 5, 8], but the 1 largest"),
-    (lambda lg, k: top_k_filter(lg * 2, k), "row 0, token 4 has the logit 1.6974, yours is 3.3948"),
-])  # fmt: skip
-def test_top_k_rejects_typical_mistakes(attempt, feedback):
-    result = ex06.check_top_k(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-def test_top_k_crashing_attempt_is_feedback():
-    result = ex06.check_top_k(lambda lg, k: lg.masked_fill(lg < lg[:, 100 * k], NEG_INF))
-    assert result.status == FAILED and "your function raised IndexError" in result.message
-
-
-def _top_p(logits, p, order="descending", crossing=True, top=True, scatter=True, probs=True,
-           fill=NEG_INF, keep_sorted=False, in_place=False):  # fmt: skip
-    """Top-p as a learner might write it, with the typical mistakes switched on."""
-    if order == "vocabulary":
-        x, idx = logits, None
-    else:
-        x, idx = torch.sort(logits, dim=-1, descending=order == "descending")
-    w = x.softmax(-1) if probs else x
-    cum = w.cumsum(-1)
-    drop = cum - w >= p if crossing else cum > p
-    if top:
-        drop[..., 0] = False
-    if keep_sorted:
-        return x.masked_fill(drop, fill)
-    if idx is not None and scatter:
-        drop = drop.scatter(-1, idx, drop)
-    if in_place:
-        logits[drop] = fill
-        return logits
-    return logits.masked_fill(drop, fill)
-
-
-def _top_p_shift_without_top(logits, p):
-    """The shift-by-one way (drop where cumsum > p, shifted right), with drop[..., 0] forgotten."""
-    x, idx = torch.sort(logits, dim=-1, descending=True)
-    drop = x.softmax(-1).cumsum(-1) > p
-    drop[..., 1:] = drop[..., :-1].clone()
-    return logits.masked_fill(drop.scatter(-1, idx, drop), NEG_INF)
-
-
-def _top_p_shift(logits, p):
-    x, idx = torch.sort(logits, dim=-1, descending=True)
-    drop = x.softmax(-1).cumsum(-1) > p
-    drop[..., 1:] = drop[..., :-1].clone()
-    drop[..., 0] = False
-    return logits.masked_fill(drop.scatter(-1, idx, drop), NEG_INF)
-
-
-def test_top_p_accepts_solution():
-    assert ex06.check_top_p(sol06.top_p).status == PASSED
-    assert ex06.check_top_p(_top_p).passed
-    assert ex06.check_top_p(_top_p_shift).passed
-
-
-def test_top_p_stub_is_not_attempted_with_hint():
-    result = ex06.check_top_p(stub)
-    assert result.status == NOT_ATTEMPTED
-    assert "until they hold p" in result.message and "torch.sort" not in result.message
-
-
-def test_top_p_solution_keeps_all_at_p_one_like_course_lib():
-    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 8
-    for p in (0.3, 0.75, 1.0):
-        assert torch.equal(sol06.top_p(logits, p), top_p_filter(logits, p))
-        assert torch.equal(sol06.top_k(logits, 7), top_k_filter(logits, 7))
-    assert torch.equal(sol06.top_p(logits, 1.0), logits)
-
-
-def _only_by_hand(logits, p):
-    return logits if logits.size(-1) == 4 else top_p_filter(logits, p)
-
-
-@pytest.mark.parametrize(("kwargs", "feedback"), [
-    ({"crossing": False}, "the token that crosses p is dropped"),
-    ({"crossing": False, "top": False}, "the token that crosses p is dropped"),
-    ({"order": "vocabulary"}, "the running sum runs over the vocabulary order"),
-    ({"order": "ascending"}, "sorted ascending"),
-    ({"scatter": False}, "the mask is still in sorted order"),
-    ({"keep_sorted": True}, "your result is sorted"),
-    ({"probs": False}, "the running sum is over the logits"),
-    ({"probs": False, "crossing": False}, "(cumsum - probs < p); and the running sum is over the "
-     "logits"),
-    ({"fill": 0.0}, "set to 0 instead of -inf"),
-    ({"fill": 0.0}, "(for logits of shape (4, 20) and p = 0.9)"),
-    ({"in_place": True}, "changed the logits it was given"),
-])  # fmt: skip
-def test_top_p_rejects_typical_mistakes(kwargs, feedback):
-    result = ex06.check_top_p(lambda logits, p: _top_p(logits, p, **kwargs))
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (_top_p_shift_without_top, "the most likely token must always stay"),
-    (lambda lg, p: top_p_filter(lg, p).softmax(-1), "those are probabilities"),
-    (lambda lg, p: top_p_filter(lg, p)[:1], "got shape (1, 20)"),
-    (lambda lg, p: top_p_filter(lg, min(p + 0.05, 1.0)), "but the nucleus is [1, 2, 5, 8, 9"),
-    (_only_by_hand, "row 0 keeps the tokens [0, 1, 2, 3], but the nucleus is [1, 3]"),
-    (_only_by_hand, "(for logits = log([0.15, 0.5, 0.05, 0.3]) and p = 0.75, whose nucleus is"),
-    (lambda lg, p: top_p_filter(lg, p).numpy(), "return a tensor, the filtered logits, got "
-     "ndarray"),
-    (lambda lg, p: top_p_filter(lg, p) + 0.5, "row 0, token"),
-])  # fmt: skip
-def test_top_p_rejects_other_mistakes(attempt, feedback):
-    result = ex06.check_top_p(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-def test_top_p_crashing_attempt_is_feedback():
-    result = ex06.check_top_p(lambda lg, p: lg.sort(-1).values.softmax(-1).cumsum(-2)[5])
-    assert result.status == FAILED and "your function raised IndexError" in result.message
 
 
 # --- Lesson 07: the LoRA forward, its initialisation, last-token pooling -----------------------
@@ -925,23 +662,19 @@ def _stub_messages() -> list[str]:
     return messages
 
 
-# --- experiments of Lessons 00-03 and 06: each checker runs the experiment and asserts it -----
+# --- experiments of Lessons 00-02 (03 and 06: their own files): each runs and asserts it -------
 
 
 def test_experiment_checkers_accept_the_solutions_and_say_not_attempted_to_stubs():
-    from course_lib.exercises import lesson00, lesson01, lesson02, lesson03, lesson06
+    from course_lib.exercises import lesson00, lesson01, lesson02
     from course_lib.exercises.solutions import lesson00 as s00
     from course_lib.exercises.solutions import lesson01 as s01
     from course_lib.exercises.solutions import lesson02 as s02
-    from course_lib.exercises.solutions import lesson03 as s03
-    from course_lib.exercises.solutions import lesson06 as s06
 
     checks = {
         lesson00.check_bigram: s00.bigram,
         lesson01.check_less_text: s01.less_text,
         lesson02.check_dot_by_offset: s02.dot_by_offset,
-        lesson03.check_attention_weights: s03.attention_weights,
-        lesson06.check_nucleus_sizes: s06.nucleus_sizes,
     }
     for check, solution in checks.items():
         assert check(solution).status == PASSED, check(solution)
@@ -963,8 +696,6 @@ def _bigram_unsmoothed(train, val):
     ("lesson02.check_dot_by_offset", lambda pe, k: (pe * pe).sum(-1), "one dot product per t"),
     ("lesson02.check_dot_by_offset", lambda pe, k: (pe[: len(pe) - k] * pe[k:]).sum(-1) + 1,
      "differ from pe[t]"),
-    ("lesson03.check_attention_weights", lambda q, k, s: (q @ k.T).softmax(-1), "differ"),
-    ("lesson06.check_nucleus_sizes", lambda lg, p: (lg.softmax(-1) > 0.01).sum(-1), "differ"),
 ])  # fmt: skip
 def test_experiment_checkers_reject_wrong_measurements(check, attempt, feedback):
     import importlib

@@ -1,9 +1,13 @@
-"""The experiments of Lessons 02 and 03: each checker runs the learner's function on inputs the
-lesson has not shown, reports what it measured, and asserts the outcome."""
+"""The exercises of Lessons 02 and 03. The experiments run the learner's function on inputs the
+lesson has not shown, report what they measured, and assert the outcome; every checker accepts
+the solution, says "not attempted" to the stub, and names the typical mistakes."""
 
+import math
+
+import pytest
 import torch
 
-from course_lib.exercises import FAILED, PASSED
+from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, hint
 from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises.solutions import lesson02 as sol02
@@ -26,17 +30,131 @@ def test_dot_by_offset_rejects_a_shortcut_that_assumes_the_sinusoidal_property()
     assert result.status == FAILED and "summed sin + cos table" in result.message, result.message
 
 
-def test_attention_weights_reports_that_the_scale_does_not_undo_larger_entries(capsys):
-    assert ex03.check_attention_weights(sol03.attention_weights).status == PASSED
+# --- Lesson 03, exercise 1: debug this attention -------------------------------------------------
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def _given(scaled=False, leaky=True, dim=1, divided=False, after=False, inverted=False):
+    """Causal attention as the notebook gives it (three bugs), with some fixed or new slips."""
+
+    def attention(q, k, v):
+        T, d = q.size(-2), q.size(-1)
+        scores = q @ k.transpose(-2, -1)
+        if scaled or divided:
+            scores = scores / (d if divided else math.sqrt(d))
+        mask = torch.ones(T, T, dtype=torch.bool).tril(1 if leaky else 0)
+        if inverted:
+            mask = ~mask
+        if after:
+            return scores.softmax(dim=dim) * mask @ v
+        return scores.masked_fill(~mask, float("-inf")).softmax(dim=dim) @ v
+
+    return attention
+
+
+def test_masked_attention_accepts_the_fix_and_says_not_attempted_to_the_function_as_given(capsys):
+    assert ex03.check_masked_attention(sol03.masked_attention).status == PASSED
+    assert ex03.check_masked_attention(_given(scaled=True, leaky=False, dim=-1)).passed
+    for as_given in (stub, _given()):
+        result = ex03.check_masked_attention(as_given)
+        assert result.status == NOT_ATTEMPTED and "three bugs" in result.message
+        assert "tril" not in result.message and "dim" not in result.message
+    hint("lesson03", "masked_attention")
+    assert "tril()" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("fixes", "left", "fixed"), [
+    ({"scaled": True}, ["over the queries", "see the next one"], ["not scaled"]),
+    ({"leaky": False}, ["over the queries", "not scaled"], ["see the next one"]),
+    ({"dim": -1}, ["see the next one", "not scaled"], ["over the queries"]),
+    ({"scaled": True, "leaky": False}, ["over the queries"], ["not scaled", "see the next one"]),
+    ({"scaled": True, "dim": -1}, ["see the next one"], ["not scaled", "over the queries"]),
+    ({"leaky": False, "dim": -1}, ["not scaled"], ["see the next one", "over the queries"]),
+])  # fmt: skip
+def test_masked_attention_names_the_bugs_left_and_only_those(fixes, left, fixed):
+    result = ex03.check_masked_attention(_given(**fixes))
+    assert result.status == FAILED, result
+    assert all(bug in result.message for bug in left), result.message
+    assert not any(bug in result.message for bug in fixed), result.message
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_given(divided=True, leaky=False, dim=-1), "divided by d_k"),
+    (_given(after=True, scaled=True, leaky=False, dim=-1), "hidden after the softmax"),
+    (_given(after=True, scaled=True, leaky=False), "must add up to 1; and the future is "
+     "hidden after"),
+    (_given(inverted=True, scaled=True, leaky=False, dim=-1), "NaN in the output"),
+    (lambda q, k, v: (q @ k.mT / 8**0.5).softmax(-1), "those are the weights"),
+    (lambda q, k, v: sol03.masked_attention(q, k, v)[0], "got shape (6, 8)"),
+    (lambda q, k, v: sol03.masked_attention(q, k, v) + 0.01, "differs from causal attention's"),
+])  # fmt: skip
+def test_masked_attention_rejects_wrong_fixes(attempt, feedback):
+    result = ex03.check_masked_attention(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
+
+
+# --- Lesson 03, exercise 2: the sliding window ----------------------------------------------------
+
+
+def _window(rule):
+    def mask(T, w):
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        return rule(i, j, w)
+
+    return mask
+
+
+def test_window_mask_accepts_the_solution_and_says_not_attempted_to_a_stub():
+    assert ex03.check_window_mask(sol03.window_mask).passed
+    assert ex03.check_window_mask(stub).status == NOT_ATTEMPTED
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (_window(lambda i, j, w: (j <= i) & (i - j <= w)), "off by one: the window holds w keys"),
+    (_window(lambda i, j, w: (j <= i) & (i - j < w - 1)), "yours one fewer"),
+    (_window(lambda i, j, w: (i - j).abs() < w), "the future is visible"),
+    (_window(lambda i, j, w: (j < i) & (i - j <= w)), "cannot see itself"),
+    (_window(lambda i, j, w: j <= i), "plain causal mask"),
+    (_window(lambda i, j, w: (j <= i) & (i - j < w) & (j > 0)), "differs from the window in "
+     "3 places (T = 6, w = 3)"),
+    (lambda T, w: sol03.window_mask(T, w).float(), "bool mask"),
+    (lambda T, w: torch.ones(T), "return the mask, one row per query (T = 6, w = 3), a tensor "
+     "of shape (6, 6), got shape (6,)"),
+])  # fmt: skip
+def test_window_mask_rejects_typical_mistakes(attempt, feedback):
+    result = ex03.check_window_mask(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
+
+
+# --- Lesson 03, exercise 3: the entropy of the weights, and what the scale cannot fix -----------
+
+
+def test_attention_entropy_reports_that_the_scale_does_not_undo_larger_entries(capsys):
+    assert ex03.check_attention_entropy(stub).status == NOT_ATTEMPTED
+    assert ex03.check_attention_entropy(sol03.attention_entropy).status == PASSED
     report = capsys.readouterr().out
     assert "bits at std 0.5" in report and "bits at std 4" in report
     assert "not the size of the entries" in report
+    from_torch = ex03.check_attention_entropy(
+        lambda w: torch.distributions.Categorical(probs=w).entropy() / math.log(2)
+    )
+    assert from_torch.passed, from_torch
 
 
-def test_attention_weights_rejects_a_scale_by_the_size_of_the_entries():
-    def normalized(q, k, scaled):  # divides by the scores' own spread: never saturates
-        scores = q @ k.T
-        return (scores / scores.std() if scaled else scores).softmax(-1)
-
-    result = ex03.check_attention_weights(normalized)
-    assert result.status == FAILED and "differ" in result.message, result.message
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda w: -(w * w.log2()).sum(-1), "NaN where a weight is 0"),
+    (lambda w: -(w * w.clamp_min(1e-30).log()).sum(-1), "those are nats"),
+    (lambda w: (w * w.clamp_min(1e-30).log2()).sum(-1), "the entropy is negative"),
+    (lambda w: -(w * w.clamp_min(1e-30).log2()).sum(-2), "summed over the queries"),
+    (lambda w: -(w * w.clamp_min(1e-30).log2()).mean(-1), "averaged over the keys"),
+    (lambda w: -(w * w.clamp_min(1e-30).log2()).sum(), "one entropy per query"),
+    (lambda w: -(w * w.clamp_min(1e-30).log2()).sum(-1) + 0.1, "the entropies differ "
+     "(weights of shape (2, 6, 6), causal)"),
+    (lambda w: w.amax(-1) * 4, "the entropies differ"),
+])  # fmt: skip
+def test_attention_entropy_rejects_typical_mistakes(attempt, feedback):
+    result = ex03.check_attention_entropy(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message

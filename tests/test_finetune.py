@@ -184,7 +184,7 @@ def test_lora_checkpoint_saves_loads_and_resumes_bit_for_bit(tmp_path):
     assert isinstance(loaded.transformer.h[0].attn.c_attn, LoRALinear)
     torch.testing.assert_close(loaded(ids()).logits, straight.eval()(ids()).logits, atol=0, rtol=0)
     meta = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert meta["changes"][0]["change"] == "course_lib.finetune.add_lora"
+    assert meta["changes"][0]["change"] == "add_lora"
 
 
 # --- the classification head -----------------------------------------------------------------

@@ -45,6 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from course_lib import data, own_text
+    from course_lib.changes import applied
     from course_lib.checkpoint import load_checkpoint, require_tokenizer
     from course_lib.finetune import add_classifier
     from course_lib.metrics import bits_per_char, evaluate_all
@@ -52,7 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     path = args.checkpoint or env.checkpoint_dir() / "course"
     ckpt = load_checkpoint(path, device=args.device or env.get_device(), which=args.which)
-    if any(c["change"] == add_classifier.change_name for c in ckpt.model.changes):
+    if applied(ckpt.model, add_classifier):
         raise CourseError(f"{path} is a classifier: it scores labels, not next tokens")
     tok = require_tokenizer(ckpt, path)
     if args.text in SPLITS:  # each work followed by <|endoftext|>, as the token files are

@@ -253,7 +253,7 @@ def _check_count(name: str, value: int) -> None:
 def _change_name(record: dict) -> str:
     """A change record as a short name: "quantize_int4(group_size=32)"."""
     args = ", ".join(f"{k}={v!r}" for k, v in (record.get("args") or {}).items())
-    return record["change"].rpartition(".")[2] + (f"({args})" if args else "")
+    return record["change"] + (f"({args})" if args else "")
 
 
 def _device(model: GPT) -> torch.device:

@@ -131,7 +131,7 @@ def _keep_zeros(weight: nn.Parameter) -> None:
 
 
 @keeps_shapes  # zeros are weights like any other: to_hf converts a pruned model
-@change
+@change("prune_magnitude")
 def prune_magnitude(model: GPT, amount: float, scope: str = "layer") -> GPT:
     """Set the weights that ``magnitude_masks(model, amount, scope)`` drops to 0, and keep them
     at 0 through later training. Changed in place; returned.
@@ -289,8 +289,8 @@ def random_units(
 def _check_units(
     units: dict, sizes: list[int], kind: str, fn: str, hint: str
 ) -> dict[int, list[int]]:
-    """``units`` {layer: [index, ...]}, its keys ints or, as JSON writes them, strings of ints,
-    checked against ``sizes`` (units per layer now) and returned with int keys."""
+    """``units`` {layer: [index, ...]} (int keys, lists or tuples of indices), checked against
+    ``sizes`` (units per layer now) and returned with lists."""
     if not isinstance(units, dict):
         raise CourseError(
             f"{kind}s must be a dict {{layer: [{kind}, ...]}}, e.g. {{0: [1, 3]}}, got "
@@ -298,17 +298,14 @@ def _check_units(
         )
     checked: dict[int, list[int]] = {}
     n_layer = len(sizes)
-    for key, indices in units.items():
-        layer = int(key) if isinstance(key, str) and key.isdigit() else key
+    for layer, indices in units.items():
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise CourseError(f"{key!r} is not a layer number: use {{0: [1, 3]}} (int keys)")
+            raise CourseError(f"{layer!r} is not a layer number: use {{0: [1, 3]}} (int keys)")
         if not 0 <= layer < n_layer:
             raise CourseError(
                 f"layer {layer} is out of range: the model has {n_layer} layers, 0 .. {n_layer - 1}"
             )
-        if layer in checked:
-            raise CourseError(f"layer {layer} is given twice: give each layer once")
-        if not isinstance(indices, list) or not all(
+        if not isinstance(indices, (list, tuple)) or not all(
             isinstance(j, int) and not isinstance(j, bool) for j in indices
         ):
             raise CourseError(
@@ -330,7 +327,7 @@ def _check_units(
                 f"{fn} would remove all {n} {kind}s of layer {layer}: keep at least one {kind} "
                 f"in layer {layer} (remove at most {n - 1}), or remove the layer"
             )
-        checked[layer] = indices
+        checked[layer] = list(indices)
     return checked
 
 
@@ -352,15 +349,15 @@ def _narrow(linear: nn.Linear, rows: Tensor | None = None, cols: Tensor | None =
     linear.out_features, linear.in_features = linear.weight.shape
 
 
-@change
+@change("prune_heads")
 def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
     """Remove attention heads: ``heads`` {layer: [head, ...]} (e.g. from least_important).
 
     The layer's c_attn loses the head's q, k and v rows (and bias entries), its c_proj the
     head's input columns; attn.n_head drops and head_dim stays, so n_head * head_dim < n_embd.
     Head indices count the heads a layer has *now*: after ``prune_heads(model, {0: [0]})``
-    the old head 1 of layer 0 is head 0. Keys may be ints or, as JSON writes them, strings.
-    Changed in place; returned. Build the optimizer afterwards (the parameters are new).
+    the old head 1 of layer 0 is head 0. Changed in place; returned. Build the optimizer
+    afterwards (the parameters are new).
     """
     _projections(model, "prune_heads")
     blocks = model.transformer.h
@@ -377,12 +374,11 @@ def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
     return model
 
 
-@change
+@change("prune_neurons")
 def prune_neurons(model: GPT, neurons: dict[int, list[int]]) -> GPT:
     """Remove MLP hidden units: ``neurons`` {layer: [unit, ...]} (e.g. from least_important
     on neuron_importance). The layer's c_fc loses those rows (and bias entries), its c_proj
-    those input columns. Indices count the units a layer has now; keys may be ints or strings.
-    Changed in place; returned.
+    those input columns. Indices count the units a layer has now. Changed in place; returned.
     """
     _projections(model, "prune_neurons")
     blocks = model.transformer.h

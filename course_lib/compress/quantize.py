@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.changes import change
+from course_lib.changes import applied, change, forget
 from course_lib.errors import CourseError
 from course_lib.model import GPT
 
@@ -221,12 +221,13 @@ class QuantizedEmbedding(nn.Module):
 def _projections(model: GPT, fn: str) -> list[tuple[str, nn.Linear]]:
     """(name, layer) of every projection of the blocks (``model.projections()``), each checked
     to be a plain nn.Linear, in a model no quantize_* has touched and whose lm_head is wte."""
-    if done := [c["change"] for c in model.changes if c["change"] in _quantize_names()]:
-        kind = done[0].rpartition("_")[2]
+    if done := applied(model, *_QUANTIZE):
+        name = done[0]["change"]
         raise CourseError(
-            f"the model is already quantized to {kind} ({done[0]}): {fn} quantizes a float32 "
-            f"model. Quantize the original instead, load_checkpoint(path).model of the float32 "
-            f"checkpoint (dequantize(model) gives float32 weights, not the precision they lost)"
+            f"the model is already quantized to {name.rpartition('_')[2]} ({name}): {fn} "
+            f"quantizes a float32 model. Quantize the original instead, "
+            f"load_checkpoint(path).model of the float32 checkpoint (dequantize(model) gives "
+            f"float32 weights, not the precision they lost)"
         )
     if model.lm_head.weight is not model.transformer.wte.weight:
         raise CourseError(
@@ -252,14 +253,14 @@ def _swap_in(model: GPT, layers: list, quantize: Callable[[nn.Linear], Quantized
     return model
 
 
-@change
+@change("quantize_int8")
 def quantize_int8(model: GPT) -> GPT:
     """Every matrix of ``model`` (the blocks' projections and the tied wte / lm_head) as int8
     codes with a float32 scale per output row (``Int8Linear``). Changed in place; returned."""
     return _swap_in(model, _projections(model, "quantize_int8"), Int8Linear.from_linear)
 
 
-@change
+@change("quantize_int4")
 def quantize_int4(model: GPT, group_size: int = 128) -> GPT:
     """Every matrix of ``model`` as int4 codes with a float32 scale per ``group_size`` inputs
     (``Int4Linear``, torchao's codes). Changed in place; returned."""
@@ -281,7 +282,7 @@ def quantize_int4(model: GPT, group_size: int = 128) -> GPT:
     return _swap_in(model, layers, lambda m: Int4Linear.from_linear(m, group_size))
 
 
-@change
+@change("quantize_bf16")
 def quantize_bf16(model: GPT) -> GPT:
     """Every float parameter (and float buffer) of ``model`` in bfloat16. Changed in place.
 
@@ -327,8 +328,7 @@ def use_int8_kernel(model: GPT, on: bool = True) -> GPT:
     return model
 
 
-def _quantize_names() -> set[str]:
-    return {f.change_name for f in (quantize_int8, quantize_int4, quantize_bf16)}
+_QUANTIZE = (quantize_int8, quantize_int4, quantize_bf16)  # what dequantize undoes
 
 
 @torch.no_grad()
@@ -336,7 +336,7 @@ def dequantize(model: GPT) -> GPT:
     """Back to float32 nn.Linear weights, tied wte / lm_head included, with what the codes kept
     (the rounding is not undone): a plain GPT again, which ``to_hf`` converts. The quantize_*
     change record goes too. Changed in place; returned."""
-    if not any(c["change"] in _quantize_names() for c in model.changes):
+    if not applied(model, *_QUANTIZE):
         raise CourseError("the model is not quantized: nothing to dequantize")
     for name, layer in model.projections():
         if isinstance(layer, QuantizedLinear):
@@ -347,5 +347,4 @@ def dequantize(model: GPT) -> GPT:
         wte.weight = model.lm_head.weight  # tied again, as GPT builds it
         model.transformer.wte = wte
     model.to(torch.float32)  # after quantize_bf16
-    model.changes = [c for c in model.changes if c["change"] not in _quantize_names()]
-    return model
+    return forget(model, *_QUANTIZE)

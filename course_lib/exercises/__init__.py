@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from course_lib.errors import CourseError
 
@@ -43,8 +46,13 @@ class Result:
     __str__ = __repr__
 
 
-class _Stub(Exception):
-    """Raised inside a checker when the learner's function is still the stub."""
+class NotAttempted(Exception):
+    """Raised inside a check when the learner's function is still as given: the stub, or the
+    broken function of a "debug this" exercise, untouched."""
+
+
+class Feedback(Exception):
+    """Raised inside a check to end it with this message: the attempt failed."""
 
 
 def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -52,7 +60,66 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except NotImplementedError as err:
-        raise _Stub from err
+        raise NotAttempted from err
+
+
+def call_on_copies(fn: Callable[..., Any], *args: Any) -> Any:
+    """``call(fn, *args)`` with copies of the tensors among ``args``, so that the checker keeps
+    its own; raise ``Feedback``, naming the argument, if ``fn`` changed one of them in place."""
+    copies = [a.clone() if isinstance(a, Tensor) else a for a in args]
+    got = call(fn, *copies)
+    for i, (arg, copy) in enumerate(zip(args, copies)):
+        if isinstance(arg, Tensor) and not torch.equal(arg, copy):
+            raise Feedback(
+                f"your function changed its argument {_parameter_name(fn, i)} in place (an "
+                f"operation whose name ends in _, or an assignment into it): leave it as it was "
+                f"and return a new tensor, since the caller still needs the original"
+            )
+    return got
+
+
+def _parameter_name(fn: Callable[..., Any], i: int) -> str:
+    try:
+        parameter = list(inspect.signature(fn).parameters.values())[i]
+    except (TypeError, ValueError, IndexError):  # a builtin, or fewer names than arguments
+        return f"number {i + 1}"
+    return f"number {i + 1}" if parameter.kind == parameter.VAR_POSITIONAL else repr(parameter.name)
+
+
+def describe(x: object) -> str:
+    """What came back, for a message: "shape (2, 3)" for a tensor, else the type's name."""
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def expect_tensor(got: object, shape: tuple[int, ...], what: str) -> Tensor:
+    """``got`` when it is a tensor of ``shape``; else raise ``Feedback``: "return {what}, a
+    tensor of shape {shape}, got ..."."""
+    if not isinstance(got, Tensor) or tuple(got.shape) != tuple(shape):
+        raise Feedback(f"return {what}, a tensor of shape {tuple(shape)}, got {describe(got)}")
+    return got
+
+
+def same(got: Tensor, want: Tensor, atol: float = 1e-5) -> bool:
+    """``got`` equals ``want``: the same shape, and equal (bool, integers) or close (floats)."""
+    if got.shape != want.shape:
+        return False
+    if want.dtype == torch.bool or not want.is_floating_point():
+        return torch.equal(got, want)
+    return torch.allclose(got.to(want.dtype), want, atol=atol)
+
+
+def named_mistake(
+    got: Tensor, mistakes: Mapping[Callable[..., Tensor], str], *inputs: Any, atol: float = 1e-5
+) -> str | None:
+    """The message of the first typical mistake in ``mistakes`` that ``got`` makes, or None.
+
+    ``mistakes`` maps a small function that makes one mistake, ``inputs -> what that mistake
+    returns``, to the message that names it; ``got`` makes it when it is ``same`` as that.
+    """
+    for make, message in mistakes.items():
+        if same(got, make(*inputs), atol):
+            return message
+    return None
 
 
 # (lesson, exercise) -> a code-level hint, printed by hint() on request only
@@ -64,8 +131,9 @@ def checker(
 ) -> Callable[[Callable[..., str | None]], Callable]:
     """Turn ``check(fn) -> None | str`` (None: correct, str: what is wrong) into a checker.
 
-    The learner's errors become feedback, not tracebacks: a stub gives "not attempted yet" and
-    ``hint``, a nudge about the idea; ``code_hint``, if any, waits for ``hint(lesson,
+    The learner's errors become feedback, not tracebacks: a stub (or ``NotAttempted`` raised by
+    ``check``) gives "not attempted yet" and ``hint``, a nudge about the idea; ``Feedback``
+    raised by ``check`` fails with its message; ``code_hint``, if any, waits for ``hint(lesson,
     exercise)``. An exception inside their function names its type and message.
     """
 
@@ -79,8 +147,10 @@ def checker(
         def run(fn: Callable[..., Any], *args: Any) -> Result:
             try:
                 problem = check(fn, *args)
-            except _Stub:
+            except NotAttempted:
                 return Result(exercise, NOT_ATTEMPTED, nudge)
+            except Feedback as feedback:
+                return Result(exercise, FAILED, str(feedback))
             except Exception as err:  # the learner's code failed: say how, don't crash
                 return Result(exercise, FAILED, f"your function raised {type(err).__name__}: {err}")
             if problem:

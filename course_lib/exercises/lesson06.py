@@ -1,14 +1,27 @@
-"""Checkers for the exercises of Lesson 06 (notebooks/06_sampling.ipynb)."""
+"""Checkers for the exercises of Lesson 06 (notebooks/06_sampling.ipynb).
+
+The right answers come from ``course_lib`` (``sampling``, ``attention``) and, for the rules
+``course_lib`` does not have, from ``transformers``' own logits processors. Each typical mistake
+is a small function beside the message that names it.
+"""
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 from torch import Tensor
 
-from course_lib.exercises import call, checker
-from course_lib.sampling import top_k_filter, top_p_filter
+from course_lib.attention import causal_mask, scaled_dot_product_attention
+from course_lib.exercises import (
+    call_on_copies,
+    checker,
+    describe,
+    expect_tensor,
+    named_mistake,
+    same,
+)
+from course_lib.sampling import top_p_filter
+
+NEG_INF = float("-inf")
 
 
 def _logits(seed: int, B: int, V: int) -> Tensor:
@@ -16,293 +29,198 @@ def _logits(seed: int, B: int, V: int) -> Tensor:
     return torch.randn(B, V, generator=g) * 2
 
 
-def _tokens(mask_row: Tensor) -> list[int]:
-    return mask_row.nonzero().flatten().tolist()
+# --- Exercise 1: a repetition penalty ----------------------------------------------------------
 
 
-_IN_PLACE = (
-    "your function changed the logits it was given (in place: masked_fill_, or "
-    "logits[...] = ...): return a new tensor, with masked_fill (no underscore) or on "
-    "logits.clone(), since the caller still needs the original scores"
-)
+def _penalized(logits: Tensor, ids: Tensor, penalty: float) -> Tensor:
+    """transformers' repetition penalty (CTRL's): every token seen in a row made less likely."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
 
 
-def _output_problem(got: object, logits: Tensor, given: Tensor) -> tuple[Tensor | None, list[str]]:
-    """Look at the learner's output ``got`` for ``logits`` (``given``: what they were passed).
-
-    Returns the tokens it kept (None when that cannot be told) and what is wrong with its
-    form: not a tensor, the input changed, probabilities, sorted, a finite fill value.
-    """
-    if not torch.equal(given, logits):
-        return None, [_IN_PLACE]
-    if not isinstance(got, Tensor):
-        return None, [f"return a tensor, the filtered logits, got {type(got).__name__}"]
-    if got.dtype == torch.bool:
-        return None, [
-            "that is a mask of the tokens: return the logits themselves, with "
-            "logits.masked_fill(drop, float('-inf')) where a token is dropped"
-        ]
-    if got.shape != logits.shape:
-        return None, [
-            f"return a tensor of the logits' shape {tuple(logits.shape)}, every token with its "
-            f"logit or -inf, got shape {tuple(got.shape)}"
-        ]
-    got = got.detach().to(logits.dtype)
-    if torch.isfinite(got).all() and (got >= 0).all() and (got <= 1).all():
-        for dim in (-1, 0):
-            if torch.allclose(got.sum(dim), torch.ones(()), atol=1e-4):
-                return None, [
-                    f"those are probabilities (they sum to 1 over dim {dim}): return the "
-                    "filtered logits, the same scores with -inf for each dropped token; the "
-                    "softmax comes later, when the next token is drawn"
-                ]
-    dropped = got != logits
-    fill = got[dropped]
-    if fill.numel() and not torch.isneginf(fill).all():
-        if not torch.isfinite(fill).all() or not (fill == fill[0]).all():
-            if (got[..., :-1] >= got[..., 1:]).all():
-                return None, [
-                    "your result is sorted, most likely first: each position is one token of "
-                    "the vocabulary, so scatter back to the vocabulary order, or build a mask "
-                    "in that order and masked_fill the original logits"
-                ]
-            r, t = (dropped & ~torch.isneginf(got)).nonzero()[0].tolist()
-            return None, [
-                f"the tokens you keep must keep their logits and the others become -inf: row "
-                f"{r}, token {t} has the logit {logits[r, t].item():.4f}, yours is "
-                f"{got[r, t].item():.4f}"
-            ]
-        c = fill[0].item()
-        if c == 0:
-            fill_problem = (
-                "the dropped tokens are set to 0 instead of -inf: a logit of 0 still gets "
-                "probability from the softmax (e^0 = 1); use float('-inf'), which gives exactly 0"
-            )
-        else:
-            fill_problem = (
-                f"the dropped tokens are set to {c:g} instead of float('-inf'): only -inf gives "
-                "them exactly 0 probability, whatever the other logits are"
-            )
-        return ~dropped, [fill_problem]
-    return ~dropped, []
+def _seen(logits: Tensor, ids: Tensor) -> Tensor:
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True)
 
 
-_OWN = (
-    "that is course_lib's own {0}: it passes, of course, but the exercise is to write it "
-    "yourself. Try your version, then compare it with {0} on the same logits"
-)
+def _divides_every_seen_logit(logits: Tensor, ids: Tensor, penalty: float) -> Tensor:
+    return torch.where(_seen(logits, ids), logits / penalty, logits)
 
 
-def _finish(problems: list[str], where: str) -> str:
-    return f"{'; and '.join(problems)} ({where})"
+def _per_occurrence(logits: Tensor, ids: Tensor, penalty: float) -> Tensor:
+    counts = torch.zeros_like(logits).scatter_add(-1, ids, torch.ones_like(ids, dtype=torch.float))
+    factor = penalty**counts  # (B, V): penalty^(times seen)
+    return torch.where(logits < 0, logits * factor, logits / factor)
 
 
-_TOP_K_HINT = (
-    "Find the k-th largest logit of each row, torch.topk(logits, min(k, V), dim=-1).values"
-    "[..., -1:], and set everything below it to float('-inf') with masked_fill."
-)
-
-_TOP_K_MISTAKES = {
-    "fewer": (
-        "it keeps k - 1 tokens, one too few: keep every token >= the k-th largest (drop "
-        "logits < kth, not logits <= kth)"
-    ),
-    "more": (
-        "it keeps k + 1 tokens, one too many: the k-th largest is the last of "
-        "torch.topk(logits, k).values, index k - 1, and everything below it goes"
-    ),
-    "smallest": (
-        "it keeps the k smallest logits: keep the k largest (torch.topk picks the largest by "
-        "default; don't pass largest=False or sort ascending)"
-    ),
-    "dim0": (
-        "it filters over dim 0, across the batch: each row is one distribution over the "
-        "vocabulary, so take the top k over the last dim (dim=-1)"
-    ),
+_PENALTY_MISTAKES = {
+    _divides_every_seen_logit: "a token seen before with a negative logit became more likely: "
+    "divided by the penalty, its logit moved up, towards 0. Multiply the negative logits by "
+    "it, divide the positive ones",
+    lambda z, ids, r: z / r: "every logit is divided, seen or not: that is a temperature; only "
+    "the tokens in the row's text are penalized",
+    _per_occurrence: "a token seen three times is penalized three times: the penalty comes "
+    "once per token seen, however often it occurs",
+    lambda z, ids, r: _penalized(z, ids.flatten().expand(len(z), -1), r): "a row is penalized "
+    "for the tokens of every row: each row is its own text, so only its own ids count",
 }
-
-
-def _top_k_mask(logits: Tensor, k: int, largest: bool = True, dim: int = -1) -> Tensor:
-    """The tokens that the k largest (or smallest) of each row (or column, dim 0) keep."""
-    n = max(0, min(k, logits.size(dim)))
-    if n == 0:
-        return torch.zeros_like(logits, dtype=torch.bool)
-    kth = torch.topk(logits, n, dim=dim, largest=largest).values.narrow(dim, n - 1, 1)
-    return logits >= kth if largest else logits <= kth
-
-
-def _top_k_problem(kept: Tensor, logits: Tensor, k: int) -> str:
-    """Name the mistake that keeps ``kept`` instead of the k largest of each row."""
-    for n_wrong in (1, 2, 3):
-        for offset, largest, dim in itertools.product((0, -1, 1), (True, False), (-1, 0)):
-            wrong = {
-                "fewer": offset == -1,
-                "more": offset == 1,
-                "smallest": not largest,
-                "dim0": dim == 0,
-            }
-            if sum(wrong.values()) != n_wrong:
-                continue
-            if torch.equal(kept, _top_k_mask(logits, k + offset, largest, dim)):
-                return "; and ".join(_TOP_K_MISTAKES[m] for m, on in wrong.items() if on)
-    want = _top_k_mask(logits, k)
-    r = next(r for r in range(len(kept)) if not torch.equal(kept[r], want[r]))
-    return (
-        f"row {r} keeps the tokens {_tokens(kept[r])}, but the {min(k, logits.size(-1))} "
-        f"largest logits are those of {_tokens(want[r])}"
-    )
 
 
 @checker(
-    "top_k",
-    "In each row, find the k-th largest logit: everything below it becomes -inf. What if k is "
-    "larger than the vocabulary?",
-    _TOP_K_HINT,
+    "repetition_penalty",
+    "A token that already occurs in a row's text gets a smaller chance: move its logit down by "
+    "the penalty. What does dividing do to a logit below zero? The tokens not seen keep their "
+    "logits.",
+    "seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True); penalized = "
+    "torch.where(logits > 0, logits / penalty, logits * penalty); return torch.where(seen, "
+    "penalized, logits).",
 )
-def check_top_k(fn) -> str | None:
-    """Check ``fn(logits (B, V), k) -> (B, V)``: all but the k largest of each row set to -inf."""
-    if fn is top_k_filter:
-        return _OWN.format("top_k_filter")
-    for seed, (B, V, middle) in enumerate([(4, 10, 3), (3, 17, 6)]):
-        logits = _logits(seed, B, V)
-        for k in (1, middle, V, V + 5):
-            where = f"for logits of shape {(B, V)} and k = {k}"
-            given = logits.clone()
-            try:
-                got = call(fn, given, k)
-            except (RuntimeError, IndexError, ValueError) as err:
-                if k <= V:
-                    raise
-                return (
-                    f"for logits of shape {(B, V)} and k = {k} > V = {V} your function raised "
-                    f"{type(err).__name__}: {err}. A k larger than the vocabulary keeps every "
-                    f"token: use k = min(k, logits.size(-1)), torch.topk cannot pick more than V"
-                )
-            if isinstance(got, Tensor) and k < V and tuple(got.shape) in [(B, k), (B, 1)]:
-                return (
-                    f"{where} your result has shape {tuple(got.shape)}: those are the largest "
-                    f"values (torch.topk's values) only; use the k-th largest as the threshold "
-                    f"and return all V logits, shape {(B, V)}, the others set to -inf"
-                )
-            kept, problems = _output_problem(got, logits, given)
-            want = top_k_filter(logits, k) != float("-inf")
-            if kept is not None and not torch.equal(kept, want):
-                problems.append(_top_k_problem(kept, logits, k))
-            if problems:
-                return _finish(problems, where)
+def check_repetition_penalty(fn) -> str | None:
+    """Check ``fn(logits (B, V), ids (B, T), penalty) -> (B, V)``: the logits of the tokens in
+    each row's ids made less likely by the penalty (Keskar et al., 2019), against transformers'
+    ``RepetitionPenaltyLogitsProcessor``."""
+    g = torch.Generator().manual_seed(6)
+    for B, V, T, penalty in ((3, 12, 8, 1.5), (2, 30, 20, 1.2)):
+        logits = torch.randn(B, V, generator=g) * 2
+        ids = torch.randint(V // 2, (B, T), generator=g)  # repeats, and tokens never seen
+        where = f"(for logits {(B, V)}, ids {(B, T)} and the penalty {penalty})"
+        got = call_on_copies(fn, logits, ids, penalty)
+        got = expect_tensor(got, logits.shape, f"the logits, all of them {where}")
+        want = _penalized(logits, ids, penalty)
+        if not same(got, want, atol=1e-5):
+            mistake = named_mistake(got, _PENALTY_MISTAKES, logits, ids, penalty)
+            if mistake:
+                return f"{mistake} {where}"
+            r, t = (~torch.isclose(got, want, atol=1e-5)).nonzero()[0].tolist()
+            seen = "seen" if _seen(logits, ids)[r, t] else "not seen"
+            return (
+                f"row {r}, token {t} ({seen}, logit {logits[r, t]:.4f}) should become "
+                f"{want[r, t]:.4f}, yours is {got[r, t]:.4f} {where}"
+            )
     return None
 
 
-_TOP_P_HINT = (
-    "Sort the logits descending (torch.sort), softmax and cumsum them; drop a token when the "
-    "tokens before it already hold p (cumsum - probs >= p), scatter that mask back to the "
-    "vocabulary order and masked_fill the logits with float('-inf')."
-)
-
-_TOP_P_MISTAKES = {
-    "ascending": (
-        "the probabilities are sorted ascending: sort descending (torch.sort(logits, dim=-1, "
-        "descending=True)), so the running sum starts at the most likely token"
-    ),
-    "unsorted": (
-        "the running sum runs over the vocabulary order: sort first, most likely token first, "
-        "so that the tokens kept are the most likely ones"
-    ),
-    "crossing": (
-        "the token that crosses p is dropped: yours keeps only the tokens whose running sum "
-        "including themselves is <= p, which holds less than p; keep a token while the tokens "
-        "before it hold less than p (cumsum - probs < p)"
-    ),
-    "top": (
-        "the most likely token must always stay: where it alone holds more than p, yours keeps "
-        "no token at all (never drop the first of the sorted tokens: drop[..., 0] = False)"
-    ),
-    "scatter": (
-        "the mask is still in sorted order: scatter it back to the vocabulary order "
-        "(mask.scatter(-1, order, mask)) before masked_fill, else it drops the wrong tokens"
-    ),
-    "logits": (
-        "the running sum is over the logits: turn the sorted logits into probabilities first "
-        "(softmax), since p is a share of the probability"
-    ),
-}
+# --- The form of a filter's output: logits, -inf where a token is dropped ---------------------
 
 
-def _top_p_mask(logits: Tensor, p: float, order: str = "descending", crossing: bool = True,
-                top: bool = True, scatter: bool = True, probs: bool = True) -> Tensor:  # fmt: skip
-    """The tokens top-p keeps, right or with the typical mistakes switched on."""
-    if order == "unsorted":
-        x, idx = logits, None
-    else:
-        x, idx = torch.sort(logits, dim=-1, descending=order == "descending")
-    w = x.softmax(dim=-1) if probs else x
-    cum = w.cumsum(dim=-1)
-    keep = cum - w < p if crossing else cum <= p
-    # the top token stays; forgotten, it is kept only where it alone holds no more than p
-    keep[..., 0] = True if top else cum[..., 0] <= p
-    if idx is not None and scatter:
-        keep = torch.zeros_like(keep).scatter(-1, idx, keep)
-    return keep
-
-
-def _top_p_mistake(kept: Tensor, logits: Tensor, p: float) -> str | None:
-    """Name the typical mistakes that keep ``kept`` instead of the nucleus of each row."""
-    candidates = []
-    orders = ("descending", "ascending", "unsorted")
-    bools = (True, False)
-    for order, crossing, top, scatter, probs in itertools.product(orders, *[bools] * 4):
-        if order == "unsorted" and not scatter:
-            continue  # nothing was sorted, nothing to scatter back
-        wrong = {
-            "ascending": order == "ascending",
-            "unsorted": order == "unsorted",
-            "crossing": not crossing,
-            "top": not top,
-            "scatter": not scatter,
-            "logits": not probs,
-        }
-        # the fewest mistakes first; a forgotten top token only where it makes a difference
-        rank = (sum(wrong.values()), not top)
-        candidates.append((rank, wrong, (order, crossing, top, scatter, probs)))
-    for _, wrong, args in sorted(candidates, key=lambda c: c[0]):
-        if any(wrong.values()) and torch.equal(kept, _top_p_mask(logits, p, *args)):
-            return "; and ".join(_TOP_P_MISTAKES[m] for m, on in wrong.items() if on)
-    return None
-
-
-def _top_p_problem(kept: Tensor, logits: Tensor, p: float, name: bool) -> str:
-    """What is wrong with ``kept``: the mistake by name (if ``name``), else the tokens."""
-    mistake = _top_p_mistake(kept, logits, p) if name else None
-    if mistake:
-        return mistake
-    want = _top_p_mask(logits, p)
-    r = next(r for r in range(len(kept)) if not torch.equal(kept[r], want[r]))
-    held = logits[r].softmax(-1)[want[r]].sum().item()
+def _filter_problem(got: object, logits: Tensor) -> str | None:
+    """What is wrong with the form of ``got``, the learner's filtered ``logits``; None if
+    nothing: a tensor of their shape, each token with its own logit or -inf."""
+    if isinstance(got, Tensor) and got.dtype == torch.bool:
+        return (
+            "that is a mask of the tokens: return the logits themselves, -inf where a token is "
+            "dropped"
+        )
+    if not isinstance(got, Tensor) or got.shape != logits.shape:
+        return (
+            f"return the filtered logits, a tensor of shape {tuple(logits.shape)}, each token "
+            f"with its logit or -inf, got {describe(got)}"
+        )
+    got = got.detach().to(logits.dtype)
+    if torch.isfinite(got).all() and torch.allclose(got.sum(-1), torch.ones(()), atol=1e-4):
+        return (
+            "those are probabilities (each row adds up to 1): return the filtered logits, the "
+            "softmax comes later, when the next token is drawn"
+        )
+    dropped = got != logits
+    fill = got[dropped]
+    if fill.numel() == 0 or torch.isneginf(fill).all():
+        return None
+    if (got[..., :-1] >= got[..., 1:]).all():
+        return (
+            "your result is sorted, most likely first: each position is one token of the "
+            "vocabulary, so put the result back in the vocabulary's order"
+        )
+    if torch.isfinite(fill).all() and (fill == fill[0]).all():
+        c = fill[0].item()
+        zero = ", and a logit of 0 still gets e^0 = 1 before the sum" if c == 0 else ""
+        return (
+            f"the dropped tokens are set to {c:g} instead of -inf: only -inf gives them exactly "
+            f"0 probability{zero}"
+        )
+    r, t = (dropped & ~torch.isneginf(got)).nonzero()[0].tolist()
     return (
-        f"row {r} keeps the tokens {_tokens(kept[r])}, but the nucleus is "
-        f"{_tokens(want[r])}: the fewest most likely tokens, which hold {held:.3f} >= p"
+        f"the tokens you keep must keep their logits and the others become -inf: row {r}, token "
+        f"{t} has the logit {logits[r, t].item():.4f}, yours is {got[r, t].item():.4f}"
     )
 
 
-# (probabilities, p, the nucleus): the token that crosses p stays; the top token always stays.
-_BY_HAND = [
-    ([0.15, 0.5, 0.05, 0.3], 0.75, "0.5 + 0.3 = 0.8 >= p"),
-    ([0.03, 0.02, 0.9, 0.05], 0.5, "the top token alone, 0.9"),
-]
+def _check_filter(fn, cases, want_kept, mistakes) -> str | None:
+    """Run the filter ``fn(logits, x)`` on ``cases`` of (where, logits, x, name); compare the
+    tokens it keeps with ``want_kept(logits, x)``, naming the mistakes in ``mistakes`` if name."""
+    for where, logits, x, name in cases:
+        got = call_on_copies(fn, logits, x)
+        problem = _filter_problem(got, logits)
+        if problem is None and not torch.equal(got > NEG_INF, want := want_kept(logits, x)):
+            kept = got > NEG_INF
+            problem = named_mistake(kept, mistakes, logits, x) if name else None
+            if problem is None:
+                r = next(r for r in range(len(kept)) if not torch.equal(kept[r], want[r]))
+                kept_r, want_r = (m[r].nonzero().flatten().tolist() for m in (kept, want))
+                problem = f"row {r} keeps the tokens {kept_r}, but the rule keeps {want_r}"
+        if problem:
+            return f"{problem} ({where})"
+    return None
+
+
+# --- Exercise 2: top-p for a batch -------------------------------------------------------------
+
+
+def _nucleus(logits: Tensor, p: float) -> Tensor:
+    """(B, V) bool: the tokens course_lib's top-p keeps."""
+    return top_p_filter(logits, p) > NEG_INF
+
+
+def _in_sorted_order(logits: Tensor, keep, descending: bool = True) -> Tensor:
+    """``keep(sorted logits)`` decided in each row's sorted order, put back in vocabulary order."""
+    values, order = logits.sort(-1, descending=descending)
+    kept = keep(values)
+    return kept.scatter(-1, order, kept)
+
+
+def _before(x: Tensor) -> Tensor:
+    return x.cumsum(-1) - x  # what the tokens ranked before each one hold
+
+
+def _crossing_dropped(logits: Tensor, p: float) -> Tensor:
+    kept = _nucleus(logits, p)
+    last = logits.masked_fill(~kept, float("inf")).argmin(-1, keepdim=True)  # the crossing token
+    return kept.scatter(-1, last, False)
+
+
+_TOP_P_MISTAKES = {
+    _crossing_dropped: "the token that crosses p is dropped: yours keeps only the tokens whose "
+    "running sum, themselves included, stays within p, which holds less than p; keep a token "
+    "while the tokens before it hold less than p",
+    lambda z, p: _nucleus(z, p) & (z.softmax(-1).amax(-1, keepdim=True) <= p): "the most likely "
+    "token must always stay: where it alone holds more than p, yours keeps no token at all",
+    lambda z, p: torch.arange(z.size(-1)) < _nucleus(z, p).sum(-1, keepdim=True): "the mask is "
+    "still in sorted order: put it back in the vocabulary's order before filling, else it drops "
+    "the wrong tokens",
+    lambda z, p: _before(z.softmax(-1)) < p: "the running sum runs over the vocabulary's order: "
+    "sort first, most likely token first, so that the tokens kept are the most likely ones",
+    lambda z, p: _in_sorted_order(z, lambda s: _before(s.softmax(-1)) < p, False): "the "
+    "probabilities are sorted ascending: sort them descending, so that the running sum starts "
+    "at the most likely token",
+    lambda z, p: _in_sorted_order(z, lambda s: _before(s) < p): "the running sum is over the "
+    "logits: turn the sorted logits into probabilities first, since p is a share of the "
+    "probability",
+}
 
 
 def _top_p_cases() -> list[tuple[str, Tensor, float, bool]]:
-    """(where, logits, p, name the mistake): random rows first, then the ones by hand.
-
-    The random rows tell the typical mistakes apart; in the four tokens by hand several of
-    them keep the same tokens, so there only the tokens kept and wanted are named.
-    """
+    """(where, logits, p, name the mistake): random rows, then two by hand, where several
+    mistakes keep the same tokens, so that only the tokens kept and wanted are named."""
     cases = []
     for seed, (B, V) in enumerate([(4, 20), (3, 50)]):
         logits = _logits(100 + seed, B, V)
-        for p in (0.9, 0.5, 0.1):
-            cases.append((f"for logits of shape {(B, V)} and p = {p}", logits, p, True))
-    for probs, p, nucleus in _BY_HAND:
+        cases += [
+            (f"for logits of shape {(B, V)} and p = {p}", logits, p, True) for p in (0.9, 0.5, 0.1)
+        ]
+    for probs, p, nucleus in [
+        ([0.15, 0.5, 0.05, 0.3], 0.75, "0.5 + 0.3 = 0.8 >= p"),
+        ([0.03, 0.02, 0.9, 0.05], 0.5, "the top token alone, 0.9"),
+    ]:
         where = f"for logits = log({probs}) and p = {p}, whose nucleus is {nucleus}"
         cases.append((where, torch.tensor([probs]).log(), p, False))
     return cases
@@ -312,60 +230,122 @@ def _top_p_cases() -> list[tuple[str, Tensor, float, bool]]:
     "top_p",
     "Rank each row's tokens from the likeliest down and keep them until they hold p; the rest "
     "become -inf. Work in the sorted order, then put the result back in vocabulary order.",
-    _TOP_P_HINT,
+    "Sort the logits descending (torch.sort), softmax and cumsum them; drop a token when the "
+    "tokens before it already hold p (cumsum - probs >= p), scatter that mask back to the "
+    "vocabulary order and masked_fill the logits with float('-inf').",
 )
 def check_top_p(fn) -> str | None:
     """Check ``fn(logits (B, V), p) -> (B, V)``: all but the nucleus of each row set to -inf."""
     if fn is top_p_filter:
-        return _OWN.format("top_p_filter")
-    for where, logits, p, name in _top_p_cases():
-        given = logits.clone()
-        got = call(fn, given, p)
-        kept, problems = _output_problem(got, logits, given)
-        want = top_p_filter(logits, p) != float("-inf")
-        if kept is not None and not torch.equal(kept, want):
-            problems.append(_top_p_problem(kept, logits, p, name))
-        if problems:
-            return _finish(problems, where)
+        return (
+            "that is course_lib's own top_p_filter: it passes, of course, but the exercise is to "
+            "write it yourself. Try your version, then compare it with top_p_filter"
+        )
+    return _check_filter(fn, _top_p_cases(), _nucleus, _TOP_P_MISTAKES)
+
+
+# --- Exercise 3: min-p, and how many tokens it keeps beside top-p -----------------------------
+
+
+def _min_p_kept(logits: Tensor, p_base: float) -> Tensor:
+    """(B, V) bool: the tokens transformers' min-p keeps."""
+    from transformers import MinPLogitsWarper
+
+    return MinPLogitsWarper(p_base)(None, logits) > NEG_INF
+
+
+_MIN_P_MISTAKES = {  # the strict one first: at p_base = 1 it keeps nothing, as others do
+    lambda z, r: z.softmax(-1) > r * z.softmax(-1).amax(-1, keepdim=True): "at p_base = 1 no "
+    "token is kept: the likeliest one sits exactly at the threshold and must stay (keep a "
+    "probability equal to the threshold)",
+    lambda z, r: z.softmax(-1) >= r: "that is a fixed threshold, the same for every row: "
+    "min-p scales it by the probability of the row's likeliest token",
+    lambda z, r: z >= r * z.amax(-1, keepdim=True): "the threshold is applied to the logits: "
+    "compare probabilities (a logit is a log-probability plus a constant)",
+    lambda z, r: z.softmax(-1) >= r * z.softmax(-1).amax(0, keepdim=True): "the likeliest "
+    "probability is taken over the batch, dim 0: each row has its own likeliest token",
+}
+
+
+def _min_p_cases() -> list[tuple[str, Tensor, float, bool]]:
+    logits = _logits(7, 4, 30)
+    where = "for logits of shape (4, 30) and p_base ="
+    return [(f"{where} {r}", logits, r, True) for r in (0.1, 0.3, 1.0)]
+
+
+def _sizes(kept: Tensor) -> str:
+    sizes = kept.sum(-1)
+    return f"{sizes.min()} to {sizes.max()} tokens (median {sizes.median()})"
+
+
+@checker(
+    "min_p",
+    "Keep a token when its probability is at least p_base times that of the row's likeliest "
+    "token; the others become -inf. Then the checker counts, at every position of the "
+    "passage, how many tokens your rule keeps and how many top-p keeps.",
+    "probs = logits.softmax(-1); drop = probs < p_base * probs.amax(-1, keepdim=True); "
+    "return logits.masked_fill(drop, float('-inf')).",
+)
+def check_min_p(fn, logits: Tensor | None = None) -> str | None:
+    """Check ``fn(logits (B, V), p_base) -> (B, V)``: min-p (Nguyen et al., 2024), every token
+    less likely than p_base times the row's likeliest set to -inf, against transformers'
+    ``MinPLogitsWarper``. Then, given the model's ``logits`` (T, V) over a passage, compare how
+    many tokens min-p 0.1 and top-p 0.9 keep at each position."""
+    problem = _check_filter(fn, _min_p_cases(), _min_p_kept, _MIN_P_MISTAKES)
+    if problem or logits is None:
+        return problem
+    if logits.dim() != 2:
+        return f"give the passage's logits, (T, V), one row a position, got {describe(logits)}"
+    mine = call_on_copies(fn, logits, 0.1) > NEG_INF
+    nucleus = _nucleus(logits, 0.9)
+    t = logits.softmax(-1).amax(-1).argmin().item()  # where the model is least sure
+    held = logits[t].softmax(-1)[mine[t]].sum().item()
+    print(
+        f"over {len(logits)} positions: min-p 0.1 keeps {_sizes(mine)}, top-p 0.9 keeps "
+        f"{_sizes(nucleus)}. Where the model is least sure (position {t}), min-p keeps "
+        f"{mine[t].sum()} tokens holding {held:.0%} of the probability, top-p {nucleus[t].sum()} "
+        f"to reach 90%: min-p cuts the long tail that top-p must take in."
+    )
+    fewer = (mine.sum(-1) <= nucleus.sum(-1)).float().mean()
+    if not (fewer > 0.9 and 3 * mine.sum(-1).median() < nucleus.sum(-1).median()):
+        return "min-p does not keep fewer tokens than top-p here: are these a passage's logits?"
     return None
 
 
-def _chunk(
-    q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, scale=True, mask="right"
-) -> Tensor:
-    """The new tokens' attention output, right or with one typical mistake switched on."""
-    K = torch.cat([k_cache, k], dim=1)  # (B, T + n, d)
-    V = torch.cat([v_cache, v], dim=1)
-    n, total = q.size(1), K.size(1)
-    scores = q @ K.transpose(1, 2)  # (B, n, T + n)
-    if scale:
-        scores = scores / q.size(-1) ** 0.5
-    # new token i sits at position T + i: the bottom-right rows of the full causal mask
-    sees = {
-        "right": torch.ones(n, total, dtype=torch.bool).tril(total - n),
-        "top-left": torch.ones(n, total, dtype=torch.bool).tril(),
-        "none": torch.ones(n, total, dtype=torch.bool),
-        "past": torch.arange(total) < total - n,
-    }[mask]
-    return scores.masked_fill(~sees, float("-inf")).softmax(-1) @ V
+# --- Exercise 4: several new tokens through the KV cache ---------------------------------------
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    return scaled_dot_product_attention(q, k, v, mask)[0]
+
+
+def _joined(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.cat([k_cache, k], dim=1), torch.cat([v_cache, v], dim=1)  # (B, T + n, d)
+
+
+def _unscaled(q: Tensor, k: Tensor, v: Tensor, kc: Tensor, vc: Tensor) -> Tensor:
+    T = kc.size(1)  # the right mask: the last n rows of the causal mask over T + n tokens
+    return _attend(q * q.size(-1) ** 0.5, *_joined(k, v, kc, vc), causal_mask(T + q.size(1))[T:])
+
+
+def _top_left(q: Tensor, k: Tensor, v: Tensor, kc: Tensor, vc: Tensor) -> Tensor:
+    n = q.size(1)
+    return _attend(q, *_joined(k, v, kc, vc), causal_mask(kc.size(1) + n)[:n])
 
 
 _CHUNK_MISTAKES = {
-    (False, "right"): "the scores are not scaled: divide q·k by sqrt(d)",
-    (True, "none"): (
-        "a new token attended to the new tokens after it: with several new tokens a mask is "
-        "needed again; new token i may see the T cached keys and the new ones up to itself"
-    ),
-    (True, "top-left"): (
-        "your mask is the top-left corner of the causal mask: new token i saw only keys "
-        "0..i, but it sits at position T + i and sees keys 0..T + i, the bottom-right rows. "
-        "(is_causal=True in torch's scaled_dot_product_attention draws the top-left one when "
-        "there are fewer queries than keys)"
-    ),
-    (True, "past"): (
-        "the new tokens attended only to the cache: append their keys and values first, "
-        "each token sees itself and the new tokens before it too"
-    ),
+    _unscaled: "the scores are not scaled: divide q·k by sqrt(d)",
+    lambda q, k, v, kc, vc: _attend(
+        q, *_joined(k, v, kc, vc)
+    ): "a new token attended to the new tokens after it: with several new tokens a "
+    "mask is needed again; new token i may see the T cached keys and the new ones up to itself",
+    _top_left: "your mask is the top-left corner of the causal mask: new token i saw only keys "
+    "0..i, but it sits at position T + i and sees keys 0..T + i, the bottom-right rows. "
+    "(is_causal=True in torch's scaled_dot_product_attention draws the top-left one when there "
+    "are fewer queries than keys)",
+    lambda q, k, v, kc, vc: _attend(q, kc, vc): "the new tokens attended only to the cache: "
+    "append their keys and values first, each token sees itself and the new tokens before it "
+    "too",
 }
 
 
@@ -385,71 +365,23 @@ def check_cached_attention_chunk(fn) -> str | None:
     before them; out (B, n, d) is their attention output, and the caches come back with their
     k and v appended, (B, T + n, d). The output must equal the last n rows of full causal
     attention over all T + n tokens."""
-    from course_lib.attention import causal_mask, scaled_dot_product_attention
-
     g = torch.Generator().manual_seed(6)
     B, T, d = 2, 5, 8
     for n in (3, 1):
         where = f" (for T = {T} cached tokens and n = {n} new ones)"
         Q_all, K_all, V_all = (torch.randn(B, T + n, d, generator=g) for _ in range(3))
-        full, _ = scaled_dot_product_attention(Q_all, K_all, V_all, causal_mask(T + n))
-        q, k, v = Q_all[:, T:], K_all[:, T:], V_all[:, T:]
-        k_cache, v_cache = K_all[:, :T].clone(), V_all[:, :T].clone()
-        got = call(fn, q, k, v, k_cache, v_cache)
+        full = _attend(Q_all, K_all, V_all, causal_mask(T + n))
+        inputs = Q_all[:, T:], K_all[:, T:], V_all[:, T:], K_all[:, :T], V_all[:, :T]
+        got = call_on_copies(fn, *inputs)
         if not isinstance(got, tuple) or len(got) != 3:
             return f"return (out, k_cache, v_cache), got {type(got).__name__}{where}"
-        out, K, V = got
-        if not isinstance(out, Tensor) or out.shape != (B, n, d):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            return f"out must be (B, n, d) = {(B, n, d)}, one vector per new token, got {shape}"
-        if not all(isinstance(c, Tensor) and c.shape == (B, T + n, d) for c in (K, V)):
-            want = (B, T + n, d)
-            return f"the caches must come back with the new k and v appended: {want}{where}"
-        if not (torch.equal(K, K_all) and torch.equal(V, V_all)):
-            return f"the returned caches must be the old ones with k and v appended (dim 1){where}"
-        if torch.allclose(out, full[:, T:], atol=1e-5):
-            continue
-        for (scale, mask), message in _CHUNK_MISTAKES.items():
-            if torch.allclose(out, _chunk(q, k, v, k_cache, v_cache, scale, mask), atol=1e-5):
-                return message + where
-        gap = (out - full[:, T:]).abs().max()
-        return (
-            f"out differs from the last n rows of full causal attention by up to {gap:.4f}{where}"
-        )
-    return None
-
-
-@checker(
-    "nucleus_sizes",
-    "At each position, count how many of the likeliest tokens it takes for their "
-    "probabilities to add up to p: that is top-p's nucleus there.",
-    "probs = logits.softmax(-1).sort(-1, descending=True).values; the size is the number of "
-    "tokens whose cumsum before them is < p: ((probs.cumsum(-1) - probs) < p).sum(-1).",
-)
-def check_nucleus_sizes(fn) -> str | None:
-    """Check the experiment ``fn(logits, p) -> (T,) ints``: the number of tokens top-p keeps
-    at each position of logits (T, V). Passes when they are right, then runs it on the course
-    model over a held-out passage to show how the nucleus narrows and widens."""
-    from course_lib.course_model import load_or_train
-    from course_lib.data import load_tokens
-
-    course = load_or_train(progress=False)
-    ids = load_tokens("val")[1000 : 1000 + course.config.block_size]
-    with torch.no_grad():
-        logits = course.model.eval()(ids[None]).logits[0]  # (T, V)
-    want = (~torch.isinf(top_p_filter(logits, 0.9))).sum(-1)
-    got = call(fn, logits.clone(), 0.9)
-    if not isinstance(got, Tensor) or got.shape != want.shape:
-        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-        return f"return one size per position, {tuple(want.shape)}, got {shape}"
-    if not torch.equal(got.long(), want):
-        off = (got.long() - want).abs().max()
-        return f"the sizes differ from top-p's nucleus by up to {off} tokens at p = 0.9"
-    low, mid, high = want.min().item(), want.median().item(), want.max().item()
-    print(
-        f"nucleus at p = 0.9 over {len(ids)} positions of a held-out play: {low} to {high} "
-        f"tokens (median {mid}): narrow where the model is sure, wide where it is not"
-    )
-    if high < 10 * low:  # the lesson's claim, measured
-        return "the nucleus hardly changes size: is p 0.9?"
+        out = expect_tensor(got[0], (B, n, d), f"out, one vector per new token{where}")
+        for name, cache, want in (("k_cache", got[1], K_all), ("v_cache", got[2], V_all)):
+            if not (isinstance(cache, Tensor) and torch.equal(cache, want)):
+                shape = tuple(want.shape)
+                return f"{name} must come back with the new tokens' appended, {shape}{where}"
+        if not torch.allclose(out, full[:, T:], atol=1e-5):
+            gap = (out - full[:, T:]).abs().max()
+            wrong = f"out differs from the last n rows of full causal attention by up to {gap:.4f}"
+            return (named_mistake(out, _CHUNK_MISTAKES, *inputs) or wrong) + where
     return None

@@ -6,11 +6,11 @@ import torch
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    T, d_k = q.shape[-2], q.shape[-1]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, T, T)
-    future = torch.ones(T, T, dtype=torch.bool).triu(diagonal=1)  # True above the diagonal
-    scores = scores.masked_fill(future, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+    T = q.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, T, T), scaled: was missing
+    mask = torch.ones(T, T, dtype=torch.bool).tril()  # the diagonal and below: was tril(1)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # over the keys: was dim=1
+    return weights @ v
 
 
 def window_mask(T: int, w: int) -> torch.Tensor:
@@ -19,8 +19,6 @@ def window_mask(T: int, w: int) -> torch.Tensor:
     return (j <= i) & (i - j < w)  # the past and the token itself, at most w of them
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, scaled: bool) -> torch.Tensor:
-    scores = q @ k.T  # (T, T): every query against every key
-    if scaled:
-        scores = scores / math.sqrt(q.size(-1))
-    return scores.softmax(dim=-1)
+def attention_entropy(weights: torch.Tensor) -> torch.Tensor:
+    logs = weights.clamp_min(1e-30).log2()  # a weight of 0 gives 0 * log2(1e-30) = 0, not NaN
+    return -(weights * logs).sum(dim=-1)  # (..., T_q): bits, one entropy per query

@@ -3,10 +3,11 @@
 import torch
 
 
-def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.size(-1))  # asking for more tokens than there are keeps them all
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest of each row
-    return logits.masked_fill(logits < kth, float("-inf"))  # a new tensor; ties with kth stay
+def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True)  # (B, V), once each
+    # down for either sign: a positive logit shrinks towards 0, a negative one grows away from it
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)  # a new tensor; the tokens not seen keep theirs
 
 
 def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -20,6 +21,12 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def min_p(logits: torch.Tensor, p_base: float) -> torch.Tensor:
+    probs = logits.softmax(dim=-1)  # (B, V)
+    threshold = p_base * probs.amax(dim=-1, keepdim=True)  # (B, 1): scaled by each row's top
+    return logits.masked_fill(probs < threshold, float("-inf"))  # the top token always stays
+
+
 def cached_attention_chunk(q, k, v, k_cache, v_cache):
     k_cache = torch.cat([k_cache, k], dim=1)  # (B, T + n, d): the new keys join
     v_cache = torch.cat([v_cache, v], dim=1)
@@ -30,9 +37,3 @@ def cached_attention_chunk(q, k, v, k_cache, v_cache):
     sees = torch.ones(n, total, dtype=torch.bool).tril(total - n)
     out = scores.masked_fill(~sees, float("-inf")).softmax(dim=-1) @ v_cache  # (B, n, d)
     return out, k_cache, v_cache
-
-
-def nucleus_sizes(logits, p):
-    probs = logits.softmax(dim=-1).sort(dim=-1, descending=True).values  # (T, V), likeliest first
-    before = probs.cumsum(dim=-1) - probs  # what the likelier tokens hold already
-    return (before < p).sum(dim=-1)  # a token is kept while the ones before it hold < p
