@@ -25,9 +25,17 @@ its own, written the same way; saving the last one carries it over (hard links, 
 a kill at any moment leaves both.
 
     >>> from course_lib.checkpoint import load_checkpoint, save_checkpoint
-    >>> save_checkpoint("runs/tiny", model, tokenizer)          # doctest: +SKIP
-    >>> ckpt = load_checkpoint("runs/tiny")                      # doctest: +SKIP
-    >>> ckpt.model, ckpt.config, ckpt.tokenizer, ckpt.train_state  # doctest: +SKIP
+    >>> from course_lib.model import GPT, GPTConfig
+    >>> from course_lib.tokenizer import BPETokenizer
+    >>> tokenizer = BPETokenizer()
+    >>> tokenizer.train("to be or not to be", vocab_size=260)
+    >>> model = GPT(GPTConfig(vocab_size=260, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    >>> folder = save_checkpoint("runs/tiny", model, tokenizer)
+    >>> sorted(file.name for file in folder.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json']
+    >>> ckpt = load_checkpoint("runs/tiny")     # also ckpt.model, ckpt.train_config, ...
+    >>> ckpt.config == model.config, ckpt.tokenizer.vocab_size, ckpt.train_state
+    (True, 260, None)
 """
 
 from __future__ import annotations

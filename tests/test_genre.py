@@ -9,7 +9,6 @@ play_passages reads the real corpus (prepared by the test command, like tests/te
 
 from __future__ import annotations
 
-import doctest
 import random
 import re
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import data, genre
+from course_lib import data
 from course_lib.data import KIND, Splits, Work
 from course_lib.finetune import add_classifier, classify
 from course_lib.genre import (
@@ -325,7 +324,3 @@ def test_a_play_too_short_for_the_passages_is_named(tiny_tokenizer):
         play_passages(tiny_tokenizer, length=64, per_play=4, splits=short)
     with pytest.raises(ValueError, match=r"length=1, expected an integer >= 2"):
         play_passages(tiny_tokenizer, length=1, splits=short)
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(genre).failed == 0
