@@ -61,12 +61,12 @@ from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swa
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train_state import (
-    DEFAULT_RUN,
     STATE_JSON,
     STATE_TENSORS,
     TrainState,
     read_train_state,
     save_train_state,
+    saved_run,
 )
 
 WEIGHTS = "model.safetensors"
@@ -440,7 +440,7 @@ def model_differences(meta: dict, model: GPT, label: str) -> list[str]:
 def run_differences(meta: dict, run: dict, label: str) -> list[str]:
     """What the checkpoint's run trained with that ``run`` (``describe_run``) does not: loss,
     batches, trainable parameters. A checkpoint of format 1 counts as the default run."""
-    saved = meta["run"] or DEFAULT_RUN
+    saved = saved_run(meta["run"])
     return [f"{k} {saved.get(k)} ({label}: {v})" for k, v in run.items() if saved.get(k) != v]
 
 
