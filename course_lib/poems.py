@@ -12,10 +12,10 @@ and rhymes. Held out, fixed:
 and 139 sonnets, is for training.
 
     >>> from course_lib.poems import poem_splits, sonnets
-    >>> texts = poem_splits()                              # doctest: +SKIP
-    >>> len(texts["train"]), len(texts["val"])             # doctest: +SKIP
+    >>> texts = poem_splits()
+    >>> len(texts["train"]), len(texts["val"])
     (183227, 23783)
-    >>> sonnets()[18].splitlines()[0]                      # doctest: +SKIP
+    >>> sonnets()[18].splitlines()[0]
     "Shall I compare thee to a summer's day?"
 """
 
