@@ -15,6 +15,9 @@ notebook's metadata, ``course.cpu_capability``): stored under another, its outpu
 from other kernels than this machine's, and the native run is the test, at no cost.
 
 ``COURSE_OTHER_KERNELS=0`` runs every lesson with this machine's own kernels.
+
+The ``>>>`` examples in course_lib's docstrings run as tests too (``--doctest-modules``), each in
+a temporary folder of its own, so that an example that saves a file saves it there.
 """
 
 from __future__ import annotations
@@ -87,3 +90,11 @@ def pytest_runtest_setup(item) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = NATIVE[name]
+
+
+@pytest.fixture(autouse=True)
+def _docstring_examples_in_a_temporary_folder(request: pytest.FixtureRequest) -> None:
+    """A docstring example runs in a fresh temporary folder (``tok.save("tokenizer.json")``
+    writes there, not into the checkout)."""
+    if isinstance(request.node, pytest.DoctestItem):
+        request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))

@@ -6,11 +6,16 @@ longer fit ``GPT(config)``: its names, shapes and dtypes differ. So every functi
 a model's structure is decorated with ``@change(name)``, which appends a record to
 ``model.changes``:
 
+    >>> from torch import nn
     >>> from course_lib.changes import change
+    >>> from course_lib.model import GPT, GPTConfig
     >>> @change("add_bias_free_head")
-    ... def add_bias_free_head(model, n_classes: int = 3): ...       # doctest: +SKIP
-    >>> add_bias_free_head(model, n_classes=4)                       # doctest: +SKIP
-    >>> model.changes                                                # doctest: +SKIP
+    ... def add_bias_free_head(model, n_classes: int = 3):
+    ...     model.head = nn.Linear(model.config.n_embd, n_classes, bias=False)
+    ...     return model
+    >>> model = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    >>> model = add_bias_free_head(model, n_classes=4)
+    >>> model.changes
     [{'change': 'add_bias_free_head', 'args': {'n_classes': 4}}]
 
 ``save_checkpoint`` writes ``model.changes`` into ``config.json``; ``load_checkpoint`` builds

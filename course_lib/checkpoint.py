@@ -25,9 +25,17 @@ its own, written the same way; saving the last one carries it over (hard links, 
 a kill at any moment leaves both.
 
     >>> from course_lib.checkpoint import load_checkpoint, save_checkpoint
-    >>> save_checkpoint("runs/tiny", model, tokenizer)          # doctest: +SKIP
-    >>> ckpt = load_checkpoint("runs/tiny")                      # doctest: +SKIP
-    >>> ckpt.model, ckpt.config, ckpt.tokenizer, ckpt.train_state  # doctest: +SKIP
+    >>> from course_lib.model import GPT, GPTConfig
+    >>> from course_lib.tokenizer import BPETokenizer
+    >>> tokenizer = BPETokenizer()
+    >>> tokenizer.train("to be or not to be", vocab_size=260)
+    >>> model = GPT(GPTConfig(vocab_size=260, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    >>> folder = save_checkpoint("runs/tiny", model, tokenizer)
+    >>> sorted(file.name for file in folder.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json']
+    >>> ckpt = load_checkpoint("runs/tiny")     # also ckpt.model, ckpt.train_config, ...
+    >>> ckpt.config == model.config, ckpt.tokenizer.vocab_size, ckpt.train_state
+    (True, 260, None)
 """
 
 from __future__ import annotations
@@ -53,12 +61,12 @@ from course_lib.files import fresh_folder, fsync, recover, retry_if_swapped, swa
 from course_lib.model import GPT, GPTConfig
 from course_lib.tokenizer import BPETokenizer
 from course_lib.train_state import (
-    DEFAULT_RUN,
     STATE_JSON,
     STATE_TENSORS,
     TrainState,
     read_train_state,
     save_train_state,
+    saved_run,
 )
 
 WEIGHTS = "model.safetensors"
@@ -432,7 +440,7 @@ def model_differences(meta: dict, model: GPT, label: str) -> list[str]:
 def run_differences(meta: dict, run: dict, label: str) -> list[str]:
     """What the checkpoint's run trained with that ``run`` (``describe_run``) does not: loss,
     batches, trainable parameters. A checkpoint of format 1 counts as the default run."""
-    saved = meta["run"] or DEFAULT_RUN
+    saved = saved_run(meta["run"])
     return [f"{k} {saved.get(k)} ({label}: {v})" for k, v in run.items() if saved.get(k) != v]
 
 

@@ -1,7 +1,11 @@
 """Where things live, which device runs the model, and seeding. Lesson 00 introduces it.
 
->>> from course_lib.env import data_dir, get_device
->>> get_device()            # cuda, then mps, then cpu
+>>> from course_lib.env import checkpoint_dir, data_dir, get_device
+>>> checkpoint_dir() == data_dir() / "checkpoints"
+True
+>>> get_device().type in ("cuda", "mps", "cpu")     # cuda, then mps, then cpu
+True
+>>> get_device("cpu")                               # or the one you ask for
 device(type='cpu')
 """
 

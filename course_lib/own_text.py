@@ -12,10 +12,17 @@ training and validation text:
 ``data.encode_splits`` puts ``<|endoftext|>`` after each document. ``plan_for`` sizes a run to
 the text: the vocabulary, the model's shape (one knob, ``depth``), the passes over the text.
 
+    >>> from pathlib import Path
     >>> from course_lib.own_text import load_text, plan_for
-    >>> splits = load_text("my_novels/")            # doctest: +SKIP
-    >>> plan = plan_for(splits)                     # doctest: +SKIP
-    >>> print(plan.reason)                          # doctest: +SKIP
+    >>> Path("my_novels").mkdir()                   # a shelf of 12 novels, a file each
+    >>> for n in range(12):
+    ...     _ = Path(f"my_novels/{n:02}.txt").write_text("It was a dark and stormy night.\\n" * 300)
+    >>> splits = load_text("my_novels/")
+    >>> len(splits.train), sorted(splits.val)       # every 10th novel held out, whole
+    (11, ['09'])
+    >>> plan = plan_for(splits)                     # plan.reason says why, in words
+    >>> plan.vocab_size, plan.depth, plan.passes
+    (1024, 2, 30.0)
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ and rhymes. Held out, fixed, in two parts with two jobs, each fifteen whole sonn
 each sonnet under its numeral. The rest, 124 sonnets and the four other poems, is for training.
 
     >>> from course_lib.poems import poem_splits, sonnets
-    >>> texts = poem_splits()                              # doctest: +SKIP
-    >>> [len(texts[s]) for s in ("train", "val", "test")]  # doctest: +SKIP
+    >>> texts = poem_splits()
+    >>> [len(texts[s]) for s in ("train", "val", "test")]
     [188414, 9201, 9392]
-    >>> sonnets()[18].splitlines()[0]                      # doctest: +SKIP
+    >>> sonnets()[18].splitlines()[0]
     "Shall I compare thee to a summer's day?"
 """
 

@@ -15,8 +15,10 @@ character with GPT-2's byte↔unicode map, so that "Ġthe" is b" the".
     >>> tok.train("aaab aaab", vocab_size=259)
     >>> to_json(tok)["model"]["merges"]
     [['a', 'a'], ['a', 'b']]
-    >>> save(tok, "tokenizer.json")  # doctest: +SKIP
-    >>> vocab, merges, special_tokens = load_tables("tokenizer.json")  # doctest: +SKIP
+    >>> save(tok, "tokenizer.json")
+    >>> vocab, merges, special_tokens = load_tables("tokenizer.json")
+    >>> merges, vocab[257], special_tokens
+    ({(97, 97): 256, (97, 98): 257}, b'ab', {'<|endoftext|>': 258})
 """
 
 from __future__ import annotations

@@ -174,6 +174,29 @@ DEFAULT_RUN = {
 }
 
 
+# Functions that moved to another module after runs were saved naming them, old -> new prefix:
+# course_lib.genre's text-to-text half became course_lib.genre_text (Lesson 07's cached runs).
+MOVED = {"course_lib.genre.text_batches.": "course_lib.genre_text.text_batches."}
+
+
+def saved_run(run: dict | None) -> dict:
+    """A checkpoint's run record as ``describe_run`` names things today: ``DEFAULT_RUN`` for a
+    checkpoint of format version 1 (none), and each function that has moved since (``MOVED``)
+    under its name now, so that a run saved before the move is still the same run."""
+
+    def now(name: Any) -> Any:
+        for old, new in MOVED.items():
+            if isinstance(name, str) and name.startswith(old):
+                return new + name[len(old) :]
+        return name
+
+    run = run or DEFAULT_RUN
+    batches = run.get("batches")
+    if isinstance(batches, dict):
+        batches = {split: now(name) for split, name in batches.items()}
+    return {**run, "loss": now(run.get("loss")), "batches": batches}
+
+
 def _qualified_name(fn: Any) -> str:
     name = getattr(fn, "__qualname__", type(fn).__qualname__)
     return f"{getattr(fn, '__module__', type(fn).__module__)}.{name}"

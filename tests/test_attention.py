@@ -6,14 +6,11 @@ loaded with the same weights for the module (its boolean masks mean the opposite
 hence the `~causal_mask(T)` below). The KV cache's reference is the same module run without one.
 """
 
-import doctest
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import attention
 from course_lib.attention import (
     KVCache,
     MultiHeadAttention,
@@ -306,7 +303,3 @@ def test_kv_cache_rejects_k_and_v_of_different_shapes():
         ValueError, match=r"k and v must both be .*\(2, 4, 3, 8\) and \(2, 4, 2, 8\)"
     ):
         KVCache().append(torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 2, 8))
-
-
-def test_module_docstring_examples_run():
-    assert doctest.testmod(attention).failed == 0

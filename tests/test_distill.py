@@ -9,8 +9,6 @@ opinions worth distilling); the students are tinier. Nothing is downloaded.
 from __future__ import annotations
 
 import copy
-import doctest
-import importlib
 from dataclasses import replace
 
 import pytest
@@ -429,7 +427,3 @@ def test_a_student_trains_on_cached_targets_alone(teacher, data):
         loss_fn(s, (x, y))
     with pytest.raises(ValueError, match="alpha=2"):
         CachedDistillationLoss(1.0, alpha=2)
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(importlib.import_module("course_lib.compress.distill")).failed == 0

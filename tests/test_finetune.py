@@ -246,15 +246,6 @@ def test_held_out_poems_are_whole_sonnets_a_validation_and_a_test_part(splits):
         "IV", "IX", "XIV", "XL", "XLIX", "XC", "XCIX", "CXXVIII", "CLIV"]  # fmt: skip
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    from course_lib import finetune, poems
-
-    for module in (finetune, poems):
-        assert doctest.testmod(module).failed == 0, module.__name__
-
-
 # --- the command line ----------------------------------------------------------------------------
 
 

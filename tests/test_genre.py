@@ -1,7 +1,8 @@
-"""course_lib.genre: passages of whole plays, folds that leave plays out, the scores (macro-F1
-against values computed by hand, as scikit-learn's f1_score(average="macro", zero_division=0)
-defines them), logistic regression, and the two ways a GPT answers: a classification head and
-text to text, whose loss is checked against F.cross_entropy over the answer's positions alone.
+"""course_lib.genre and course_lib.genre_text: passages of whole plays, folds that leave plays
+out, the scores (macro-F1 against values computed by hand, as scikit-learn's
+f1_score(average="macro", zero_division=0) defines them), logistic regression, and the two ways a
+GPT answers: a classification head and text to text, whose loss is checked against
+F.cross_entropy over the answer's positions alone.
 
 Models are random and tiny, and the text-to-text tests use a tiny tokenizer trained here; only
 play_passages reads the real corpus (prepared by the test command, like tests/test_finetune.py).
@@ -9,7 +10,6 @@ play_passages reads the real corpus (prepared by the test command, like tests/te
 
 from __future__ import annotations
 
-import doctest
 import random
 import re
 
@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import data, genre
+from course_lib import data
+from course_lib.checkpoint import run_differences
 from course_lib.data import KIND, Splits, Work
 from course_lib.finetune import add_classifier, classify
 from course_lib.genre import (
-    ANSWER_PROMPT,
     GENRES,
     Passages,
     bag_of_tokens,
@@ -30,17 +30,17 @@ from course_lib.genre import (
     classifier_loss,
     confusion_matrix,
     fit_linear,
-    genre_example,
     genre_index,
     leave_plays_out_folds,
     macro_f1,
     play_passages,
     predict,
-    score_genres,
-    text_batches,
 )
+from course_lib.genre_text import ANSWER_PROMPT, genre_example, score_genres, text_batches
 from course_lib.model import GPT, IGNORE_INDEX, GPTConfig
 from course_lib.tokenizer import BPETokenizer
+from course_lib.train import next_token_loss
+from course_lib.train_state import describe_run
 
 PLAYS = sorted(name for name, kind in KIND.items() if kind in GENRES)  # the 37 plays
 ONE_OF_EACH = ("hamlet", "tempest", "henry_v", "twelfth_night")  # tragedy, romance, ...
@@ -298,6 +298,19 @@ def test_score_genres_is_the_log_probability_of_each_answer(tiny_tokenizer):
     torch.testing.assert_close(scores, torch.stack(expected).expand(3, 4), atol=1e-5, rtol=0)
 
 
+def test_a_run_saved_when_text_batches_lived_in_genre_is_the_same_run(tiny_tokenizer):
+    # Lesson 07's cached text-to-text runs name course_lib.genre, where text_batches was then.
+    batches = text_batches(toy_passages(4, vocab_size=256), tiny_tokenizer)
+    model = tiny_gpt(tiny_tokenizer.vocab_size)
+    run = describe_run(model, {"train": batches, "val": batches}, next_token_loss)
+    assert run["batches"]["train"] == "course_lib.genre_text.text_batches.<locals>.batches"
+    old = "course_lib.genre.text_batches.<locals>.batches"
+    assert run_differences({"run": {**run, "batches": {"train": old, "val": old}}}, run, "") == []
+    heads = "course_lib.genre.classifier_batches.<locals>.batches"  # another run, still
+    other = {**run, "batches": {"train": heads, "val": old}}
+    assert len(run_differences({"run": other}, run, "wanted")) == 1
+
+
 # --- the passages of the real plays ------------------------------------------------------------
 
 
@@ -325,7 +338,3 @@ def test_a_play_too_short_for_the_passages_is_named(tiny_tokenizer):
         play_passages(tiny_tokenizer, length=64, per_play=4, splits=short)
     with pytest.raises(ValueError, match=r"length=1, expected an integer >= 2"):
         play_passages(tiny_tokenizer, length=1, splits=short)
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(genre).failed == 0

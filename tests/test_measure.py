@@ -10,7 +10,6 @@ downloaded.
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 
 import pytest
@@ -209,12 +208,6 @@ def test_table():
     assert "tokens/s" not in table([Measurement("a", 1, 10), Measurement("b", 1, 5)])
     with pytest.raises(ValueError, match="no measurements"):
         table([])
-
-
-def test_docstrings():
-    import doctest
-
-    assert doctest.testmod(importlib.import_module("course_lib.compress.measure")).failed == 0
 
 
 def test_params_count_the_weights_a_quantized_model_computes_with_not_its_tensors():

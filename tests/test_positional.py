@@ -2,13 +2,11 @@
 Lesson 02 shows. The reference is the formula written out with Python's `math`, one number at
 a time, apart from the vectorised torch code under test."""
 
-import doctest
 import math
 
 import pytest
 import torch
 
-from course_lib import positional
 from course_lib.positional import sinusoidal_encoding
 
 # The table is computed in float64 and stored in float32, whose rounding of a value in [-1, 1]
@@ -90,7 +88,3 @@ def test_odd_or_zero_dim_is_rejected_with_the_fix(dim):
 def test_zero_positions_are_rejected():
     with pytest.raises(ValueError, match=r"n_positions=0, expected >= 1"):
         sinusoidal_encoding(0, 8)
-
-
-def test_module_docstring_example_runs():
-    assert doctest.testmod(positional).failed == 0

@@ -86,6 +86,15 @@ def test_hosted_ci_workflow_runs_the_same_command():
     assert "python3 course.py test" in workflow
 
 
+def test_the_suite_runs_the_docstring_examples_of_course_lib():
+    """Every >>> example in course_lib is a test (--doctest-modules), none run again by hand."""
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "course_lib" in options["testpaths"]
+    assert "--doctest-modules" in options["addopts"].split()
+    others = [p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name]
+    assert [p.name for p in others if "doctest.testmod" in p.read_text()] == []
+
+
 def _cli_commands() -> dict[str, str]:
     """The subcommands of ``course-lib`` and their help, as its parser defines them.
 

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from course_lib.checkpoint import load_checkpoint, save_checkpoint
-from course_lib.compress import prune
 from course_lib.compress.prune import (
     head_importance,
     least_important,
@@ -492,12 +491,6 @@ def test_bad_importance_counts_and_shapes_are_refused():
         random_units((8,), 1)
     with pytest.raises(ValueError, match="batches is empty"):
         head_importance(model(), [])
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    assert doctest.testmod(prune).failed == 0
 
 
 def test_to_hf_converts_a_magnitude_pruned_model_and_refuses_removed_heads_naming_why():

@@ -424,11 +424,3 @@ def test_the_int8_kernel_needs_int8_layers_and_saves_nothing_of_its_own(tmp_path
     save_checkpoint(tmp_path / "int8", model)
     loaded = load_checkpoint(tmp_path / "int8").model  # the dequantized path, the same codes
     assert torch.equal(loaded.lm_head.weight_int8, model.lm_head.weight_int8)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    from course_lib.compress import quantize
-
-    assert doctest.testmod(quantize).failed == 0

@@ -7,8 +7,6 @@ logits agree within 1e-5 (float32 sums in another order; measured below 2e-6).
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 from transformers.generation.logits_process import (
@@ -177,10 +175,6 @@ def test_generate_restores_the_training_mode(model):
     generate(model, torch.tensor([[1]]), 2)
     assert model.training
     model.eval()
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(sampling).failed == 0
 
 
 # --- clear errors -----------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """course_lib.timing: interleaved rounds, a fixed thread count, medians, spreads and ratios that
 say "no measurable difference" when the rounds disagree. A fake clock makes every number exact."""
 
-import doctest
 import itertools
 
 import pytest
@@ -134,7 +133,3 @@ def test_errors_name_the_problem_and_the_fix():
         compare({"f": lambda: None}, threads=0)
     with pytest.raises(KeyError, match="no case 'g' was timed: the cases are \\['f'\\]"):
         Timings({"f": [1.0, 1.0, 1.0]}, 1).median("g")
-
-
-def test_the_docstring_example_runs():
-    assert doctest.testmod(timing).failed == 0

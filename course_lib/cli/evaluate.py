@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--text",
         default="val",
         help=f"a UTF-8 file or folder (its held-out part: the part `course-lib train --text` "
-        f"validates on), one of the corpus's splits {SPLITS}, or 'poems' (the held-out sonnets, the poems' test part); "
+        f"validates on), one of the corpus's splits {SPLITS}, or 'poems' (the poems' test "
+        f"part, 15 held-out sonnets); "
         f"default: val",
     )
     p.add_argument(
