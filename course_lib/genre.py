@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,18 +208,23 @@ def confusion_matrix(pred: Tensor, target: Tensor, n_classes: int = 4) -> Tensor
     return counts.view(n_classes, n_classes)
 
 
+def f1_per_class(pred: Tensor, target: Tensor, n_classes: int = 4) -> Tensor:
+    """(n_classes,) each class's F1 = 2 TP / (2 TP + FP + FN); 0 for a class neither predicted
+    nor present (scikit-learn's ``f1_score(..., average=None, zero_division=0)``)."""
+    cm = confusion_matrix(pred, target, n_classes).double()
+    tp = cm.diag()
+    denominator = cm.sum(0) + cm.sum(1)  # (TP + FP) + (TP + FN)
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
+
+
 def macro_f1(pred: Tensor, target: Tensor, n_classes: int = 4) -> float:
-    """The mean over classes 0 .. n_classes - 1 of each class's F1 = 2 TP / (2 TP + FP + FN).
+    """The mean over classes 0 .. n_classes - 1 of each class's F1 (``f1_per_class``).
 
     A class that is neither predicted nor present scores 0 and still counts in the mean, as in
     scikit-learn's ``f1_score(target, pred, labels=range(n_classes), average="macro",
     zero_division=0)``: a test set without a genre cannot reach 1.
     """
-    cm = confusion_matrix(pred, target, n_classes).double()
-    tp = cm.diag()
-    denominator = cm.sum(0) + cm.sum(1)  # (TP + FP) + (TP + FN)
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), 0.0)
-    return f1.mean().item()
+    return f1_per_class(pred, target, n_classes).mean().item()
 
 
 def _check_labels(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
@@ -306,6 +311,30 @@ def fit_linear(
         linear.weight.copy_(weight / std)
         linear.bias.copy_(bias - weight @ (mean / std))
     return linear
+
+
+def choose_weight_decay(
+    features: Tensor,
+    labels: Tensor,
+    plays: Sequence[str],
+    candidates: tuple[float, ...] = (1.0, 0.1, 0.01),
+    k: int = 3,
+) -> float:
+    """The weight decay of ``candidates`` whose ``fit_linear`` has the best mean macro-F1 over
+    ``k`` leave-plays-out folds of these rows alone: given a fold's training passages (features
+    (N, D), labels (N,), the play of each), it is chosen without seeing that fold's test plays
+    (nested cross-validation). Ties go to the first candidate, the strongest decay."""
+    folds = leave_plays_out_folds(plays, k)
+
+    def score(weight_decay: float) -> float:
+        f1s = []
+        for train_plays, _ in folds:
+            rows = torch.tensor([p in train_plays for p in plays])
+            linear = fit_linear(features[rows], labels[rows], weight_decay=weight_decay)
+            f1s.append(macro_f1(linear(features[~rows]).argmax(1), labels[~rows]))
+        return sum(f1s) / len(f1s)
+
+    return max(candidates, key=score)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,18 +3,17 @@
 Lesson 00 kept Shakespeare's five poems (the ``finetune`` split, 206,890 characters) out of
 pretraining. Fine-tuning needs its own held-out text to show when it starts to overfit, and it
 must be whole pieces, for the reason the plays are held out whole: lines of one poem share words
-and rhymes. Held out, fixed:
+and rhymes. Held out, fixed, in two parts with two jobs, each fifteen whole sonnets:
 
-* every tenth sonnet (X, XX, ..., CL: 15 of the 154), and
-* one whole poem, A Lover's Complaint,
+* ``val``: every tenth sonnet from the fifth (V, XV, ..., CXLV), to choose when to stop, and
+* ``test``: every tenth sonnet (X, XX, ..., CL), to report on, never used to choose anything;
 
-23,783 characters of 207,010 (11.5%, each sonnet under its numeral); the rest, four poems
-and 139 sonnets, is for training.
+each sonnet under its numeral. The rest, 124 sonnets and the four other poems, is for training.
 
     >>> from course_lib.poems import poem_splits, sonnets
     >>> texts = poem_splits()
-    >>> len(texts["train"]), len(texts["val"])
-    (183227, 23783)
+    >>> [len(texts[s]) for s in ("train", "val", "test")]
+    [188414, 9201, 9392]
     >>> sonnets()[18].splitlines()[0]
     "Shall I compare thee to a summer's day?"
 """
@@ -27,8 +26,8 @@ from dataclasses import dataclass
 from course_lib.data import Splits, load_splits
 from course_lib.errors import CourseError
 
-HELD_OUT_SONNETS = tuple(range(10, 155, 10))  # X, XX, ..., CL
-HELD_OUT_POEM = "lovers_complaint"
+HELD_OUT_SONNETS = tuple(range(10, 155, 10))  # X, XX, ..., CL: the test part
+VALIDATION_SONNETS = tuple(range(5, 155, 10))  # V, XV, ..., CXLV: the validation part
 PLAYS_SAMPLE_CHARS = 15_000  # of each held-out play, for measuring forgetting
 _HEADING = re.compile(r"^ *([IVXLC]+) *$", re.M)  # a sonnet's number, a roman numeral alone
 
@@ -58,16 +57,15 @@ def sonnets(splits: Splits | None = None) -> dict[int, str]:
 
 
 def poem_splits(splits: Splits | None = None) -> dict[str, str]:
-    """{"train": ..., "val": ...}: the poems with the held-out pieces apart, each piece as the
-    book prints it (a sonnet under its numeral), pieces joined by blank lines."""
+    """{"train": ..., "val": ..., "test": ...}: the poems with the held-out sonnets apart
+    (``val`` to choose a step, ``test`` to report), each piece as the book prints it (a sonnet
+    under its numeral), pieces joined by blank lines."""
     splits = splits or load_splits()
-    numbered = sonnets(splits)
-    pieces: dict[str, list[str]] = {"train": [], "val": []}
-    for n, body in numbered.items():
-        pieces["val" if n in HELD_OUT_SONNETS else "train"].append(f"{roman(n)}\n\n{body}")
-    for name, work in splits.finetune.items():
-        if name != "sonnets":
-            pieces["val" if name == HELD_OUT_POEM else "train"].append(work.text)
+    pieces: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for n, body in sonnets(splits).items():
+        split = "test" if n in HELD_OUT_SONNETS else "val" if n in VALIDATION_SONNETS else "train"
+        pieces[split].append(f"{roman(n)}\n\n{body}")
+    pieces["train"] += [work.text for name, work in splits.finetune.items() if name != "sonnets"]
     return {split: "\n\n\n".join(texts) for split, texts in pieces.items()}
 
 
@@ -105,11 +103,14 @@ def syllables(line: str) -> int:
 @dataclass(frozen=True)
 class SonnetForm:
     """What a poem's shape says: its lines (not counting blank ones), whether its last two lines
-    are indented (as the book sets a closing couplet), and its mean syllables per line."""
+    are indented (as the book sets a closing couplet), its mean syllables per line, and whether
+    it ended (a heading, a triple line break or ``<|endoftext|>`` followed it) or ran on to the
+    end of the text."""
 
     lines: int
     indented_couplet: bool
     mean_syllables: float
+    ended: bool = False
 
     @property
     def is_sonnet_shaped(self) -> bool:
@@ -119,15 +120,22 @@ class SonnetForm:
 
 def sonnet_form(text: str) -> SonnetForm:
     """The form of the first poem in ``text`` (what follows a numeral heading, up to the next
-    heading, a triple line break or ``<|endoftext|>``)."""
-    text = text.split("<|endoftext|>")[0].split("\n\n\n")[0]
+    heading, a triple line break or ``<|endoftext|>``).
+
+    >>> form = sonnet_form("I\\n\\nOne line,\\nand two.\\n\\n\\nII\\n\\nThe next")
+    >>> form.lines, form.ended
+    (2, True)
+    """
+    first = text.split("<|endoftext|>")[0].split("\n\n\n")[0]
+    ended = len(first) < len(text)
     lines = []
-    for line in text.strip("\n").splitlines():
+    for line in first.strip("\n").splitlines():
         if _HEADING.fullmatch(line) and lines:
+            ended = True
             break  # the next sonnet begins
         if line.strip() and not _HEADING.fullmatch(line):
             lines.append(line)
     if not lines:
-        return SonnetForm(0, False, 0.0)
+        return SonnetForm(0, False, 0.0, ended)
     indented = len(lines) >= 2 and all(line.startswith("  ") for line in lines[-2:])
-    return SonnetForm(len(lines), indented, sum(map(syllables, lines)) / len(lines))
+    return SonnetForm(len(lines), indented, sum(map(syllables, lines)) / len(lines), ended)

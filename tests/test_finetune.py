@@ -220,8 +220,8 @@ def test_classifier_head_round_trips_as_a_checkpoint(tmp_path):
 # --- the poems: a fixed held-out set ------------------------------------------------------------
 
 
-def test_held_out_poems_are_whole_pieces_about_a_tenth_of_the_text(splits):
-    from course_lib.poems import HELD_OUT_SONNETS, poem_splits, roman, sonnets
+def test_held_out_poems_are_whole_sonnets_a_validation_and_a_test_part(splits):
+    from course_lib.poems import HELD_OUT_SONNETS, VALIDATION_SONNETS, poem_splits, roman, sonnets
 
     numbered = sonnets(splits)
     assert len(numbered) == 154
@@ -233,13 +233,15 @@ def test_held_out_poems_are_whole_pieces_about_a_tenth_of_the_text(splits):
     indented = [n for n, s in numbered.items() if s.splitlines()[-1].startswith("  ")]
     assert len(indented) == 153  # the closing couplet; the file forgot sonnet 25's indent
     texts = poem_splits(splits)
-    share = len(texts["val"]) / (len(texts["train"]) + len(texts["val"]))
-    assert 0.10 < share < 0.15 and round(share, 3) == 0.115
-    for n in HELD_OUT_SONNETS:
-        assert f"{roman(n)}\n\n{numbered[n]}" in texts["val"]
-        assert numbered[n] not in texts["train"]
-    assert "From off a hill whose concave womb" in texts["val"]  # A Lover's Complaint
-    assert "From off a hill" not in texts["train"]
+    held_out = len(texts["val"]) + len(texts["test"])
+    share = held_out / (len(texts["train"]) + held_out)
+    assert 0.08 < share < 0.10 and round(share, 3) == 0.090
+    for split, held in [("test", HELD_OUT_SONNETS), ("val", VALIDATION_SONNETS)]:
+        assert len(held) == 15
+        for n in held:  # whole sonnets, each in exactly one part
+            assert f"{roman(n)}\n\n{numbered[n]}" in texts[split]
+            assert sum(numbered[n] in texts[s] for s in texts) == 1
+    assert "From off a hill whose concave womb" in texts["train"]  # A Lover's Complaint
     assert [roman(n) for n in (4, 9, 14, 40, 49, 90, 99, 128, 154)] == [
         "IV", "IX", "XIV", "XL", "XLIX", "XC", "XCIX", "CXXVIII", "CLIV"]  # fmt: skip
 
@@ -373,8 +375,10 @@ def test_sonnet_form_measures_the_real_sonnets(splits):
     assert syllables("Shall I compare thee to a summer's day?") == 10
     assert syllables("") == 0
     text = "XVIII\n\n" + sonnets(splits)[18] + "\n\nXIX\n\nDevouring Time, blunt thou"
-    assert sonnet_form(text).is_sonnet_shaped  # cut at the next numeral
-    assert sonnet_form("I\n\nA line\n  and an indented one<|endoftext|>more") == sonnet_form(
-        "A line\n  and an indented one"
-    )
+    assert sonnet_form(text).is_sonnet_shaped and sonnet_form(text).ended  # cut at the numeral
+    cut = sonnet_form("I\n\nA line\n  and an indented one<|endoftext|>more")
+    whole = sonnet_form("A line\n  and an indented one")
+    assert cut.ended and not whole.ended  # a poem that ran to the end of the text did not end
+    assert (cut.lines, cut.indented_couplet, cut.mean_syllables) == (2, False, whole.mean_syllables)
+    assert sonnet_form("I\n\nA line\n\n\nanother poem").ended
     assert sonnet_form("\n\n").lines == 0

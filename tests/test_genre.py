@@ -25,10 +25,12 @@ from course_lib.genre import (
     GENRES,
     Passages,
     bag_of_tokens,
+    choose_weight_decay,
     class_weights,
     classifier_batches,
     classifier_loss,
     confusion_matrix,
+    f1_per_class,
     fit_linear,
     genre_index,
     leave_plays_out_folds,
@@ -130,6 +132,27 @@ def test_macro_f1_matches_values_computed_by_hand():
     assert macro_f1(TARGET, TARGET) == 1.0
     always_comedy = torch.zeros(8, dtype=torch.long)  # F1 of comedy 2*3/(2*3+5+0) = 6/11
     assert macro_f1(always_comedy, TARGET) == pytest.approx(6 / 11 / 4, abs=1e-12)
+
+
+def test_f1_per_class_gives_each_genre_its_f1_and_macro_f1_is_their_mean():
+    # 2 TP / (2 TP + FP + FN): comedy 4 / (4 + 1 + 1), history 4 / (4 + 2 + 0), tragedy
+    # 2 / (2 + 0 + 1), romance (one passage, never predicted) 0
+    f1 = f1_per_class(PRED, TARGET)
+    assert f1.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 0.0], abs=1e-12)
+    assert f1.mean().item() == pytest.approx(macro_f1(PRED, TARGET), abs=1e-12)
+
+
+def test_choose_weight_decay_picks_by_inner_folds_of_the_rows_it_is_given():
+    plays = [p for genre in GENRES for p in sorted(data.KINDS[genre])[:3] for _ in range(10)]
+    labels = torch.tensor([genre_index(KIND[p]) for p in plays])
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(len(plays), 8, generator=g)
+    features[:, 0] += 0.8 * labels  # one weakly informative feature among noise
+    # a decay so strong that the weights stay near zero cannot use it; a light one can
+    assert choose_weight_decay(features, labels, plays, candidates=(1e3, 1e-3)) == 1e-3
+    assert choose_weight_decay(features, labels, plays, candidates=(1e-3, 1e3)) == 1e-3
+    with pytest.raises(ValueError):  # 3 plays of each genre allow 3 folds, not 4
+        choose_weight_decay(features, labels, plays, k=4)
 
 
 def test_macro_f1_counts_a_class_neither_predicted_nor_present_as_zero_like_sklearn():

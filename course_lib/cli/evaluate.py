@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--text",
         default="val",
         help=f"a UTF-8 file or folder (its held-out part: the part `course-lib train --text` "
-        f"validates on), one of the corpus's splits {SPLITS}, or 'poems' (the held-out poems); "
+        f"validates on), one of the corpus's splits {SPLITS}, or 'poems' (the poems' test "
+        f"part, 15 held-out sonnets); "
         f"default: val",
     )
     p.add_argument(
@@ -61,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ids = data.encode_splits(splits, tok)[args.text]
         n_chars = sum(len(w.text) for w in getattr(splits, args.text).values())
     elif args.text == "poems":
-        text = poem_splits()["val"]
+        text = poem_splits()["test"]
         ids, n_chars = torch.tensor(tok.fast().encode(text).ids), len(text)
     elif args.whole:  # every document whole, as training read them
         docs = {str(f): own_text.read_text(f) for f in own_text.text_files(args.text)}

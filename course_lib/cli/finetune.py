@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _texts(text: str) -> dict[str, str]:
-    """{"train": ..., "val": ...} for --text poems or a file."""
+    """{"train": ..., "val": ...} for --text poems (with "test", the part to report on) or a
+    file (its held-out part both chooses the best step and is reported on)."""
     from course_lib import data
     from course_lib.poems import poem_splits
 
@@ -87,12 +88,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if result.best_step != result.step:  # the validation loss rose after its best: keep that
         model = load_checkpoint(out, which="best").model
         print(f"kept: the best checkpoint, step {result.best_step}, in {out}/best")
-    loss = evaluate_all(model, tokens["val"], model.config.block_size)
-    bpc = bits_per_char(loss, len(tokens["val"]), len(texts["val"]))
+    held = "test" if "test" in texts else "val"  # the poems have a part no choice has seen
+    loss = evaluate_all(model, tokens[held], model.config.block_size)
+    bpc = bits_per_char(loss, len(tokens[held]), len(texts[held]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"step {result.step}/{config.max_steps} ({args.method}, {trainable:,} trainable "
           f"parameters) in {result.elapsed_s:.0f} s")  # fmt: skip
-    print(f"held-out {args.text}, every token: {loss:.4f} nats/token, {bpc:.3f} bits/char")
+    part = " (the test part: the held-out sonnets)" if held == "test" else ""
+    print(f"held-out {args.text}{part}, every token: {loss:.4f} nats/token, {bpc:.3f} bits/char")
     print(f"checkpoint: {out}")
     if result.stopped != "max_steps":
         print(f"stopped early ({result.stopped}): continue with the same command and --resume")

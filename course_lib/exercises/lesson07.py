@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from course_lib.exercises import call, checker
 from course_lib.finetune import LoRALinear
 
-FORGETTING_BPC = 0.3  # how much worse the plays must get at 3e-3 (Section 2, at 3e-4: ~0.15)
+FORGETTING_BPC = 0.3  # how much worse the plays must get at 3e-3 (Section 2, at 3e-4: ~0.17)
 
 
 def _layer(rank: int, alpha: float) -> LoRALinear:
@@ -131,9 +131,9 @@ def check_last_token(fn) -> str | None:
 )
 def check_forgetting(fn) -> str | None:
     """Check the experiment ``fn(model, poems) -> model``: full fine-tuning of the course model
-    on the poems ({"train", "val"} token ids) at ten times Section 2's learning rate. It passes
-    when every weight moved and the held-out plays got clearly worse than Section 2's run left
-    them, and prints what it measured."""
+    on the poems ({"train", "val", "test"} token ids) at ten times Section 2's learning rate.
+    It passes when every weight moved and the held-out plays got clearly worse than Section 2's
+    run left them, and prints what it measured."""
     from course_lib.course_model import load_or_train
     from course_lib.metrics import bits_per_char, evaluate_all
     from course_lib.model import GPT
@@ -153,7 +153,7 @@ def check_forgetting(fn) -> str | None:
         return bpc(model, plays, len(text))
 
     def poems_bpc(model: nn.Module) -> float:
-        return bpc(model, poems["val"], len(poem_splits()["val"]))
+        return bpc(model, poems["test"], len(poem_splits()["test"]))
 
     model = call(fn, load_or_train(progress=False).model, poems)
     if not isinstance(model, GPT):
@@ -169,8 +169,8 @@ def check_forgetting(fn) -> str | None:
     rise = plays_bpc(model) - plays_bpc(course.model)
     better = poems_bpc(course.model) - poems_bpc(model)
     print(
-        f"your run: held-out poems {better:+.3f} bits/char better, held-out plays {rise:+.3f} "
-        f"worse (Section 2's run: about +0.11 and +0.15)"
+        f"your run: test sonnets {better:+.3f} bits/char better, held-out plays {rise:+.3f} "
+        f"worse (Section 2's run: about +0.15 and +0.17)"
     )
     if rise < FORGETTING_BPC:
         return (
