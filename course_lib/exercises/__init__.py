@@ -99,9 +99,18 @@ def expect_tensor(got: object, shape: tuple[int, ...], what: str) -> Tensor:
     return got
 
 
-def same(got: Tensor, want: Tensor, atol: float = 1e-5) -> bool:
-    """``got`` equals ``want``: the same shape, and equal (bool, integers) or close (floats)."""
-    if got.shape != want.shape:
+def same(got: object, want: object, atol: float = 1e-5) -> bool:
+    """``got`` equals ``want``: a tensor of the same shape, equal (bool, integers) or close
+    (floats); a tuple whose items are each ``same``; anything else equal (==)."""
+    if isinstance(want, tuple):
+        return (
+            isinstance(got, tuple)
+            and len(got) == len(want)
+            and all(same(g, w, atol) for g, w in zip(got, want))
+        )
+    if not isinstance(want, Tensor):
+        return not isinstance(got, Tensor) and bool(got == want)
+    if not isinstance(got, Tensor) or got.shape != want.shape:
         return False
     if want.dtype == torch.bool or not want.is_floating_point():
         return torch.equal(got, want)
@@ -109,17 +118,26 @@ def same(got: Tensor, want: Tensor, atol: float = 1e-5) -> bool:
 
 
 def named_mistake(
-    got: Tensor, mistakes: Mapping[Callable[..., Tensor], str], *inputs: Any, atol: float = 1e-5
+    got: object, mistakes: Mapping[Callable[..., object], str], *inputs: Any, atol: float = 1e-5
 ) -> str | None:
     """The message of the first typical mistake in ``mistakes`` that ``got`` makes, or None.
 
     ``mistakes`` maps a small function that makes one mistake, ``inputs -> what that mistake
-    returns``, to the message that names it; ``got`` makes it when it is ``same`` as that.
+    returns``, to the message that names it; ``got`` makes it when it is ``same`` as that. With
+    ``got=True``, each function says itself whether ``inputs`` (a model, say) show its mistake.
     """
     for make, message in mistakes.items():
         if same(got, make(*inputs), atol):
             return message
     return None
+
+
+def guessed(guess: object, measured: str) -> str:
+    """One line of a predict-then-run exercise: the learner's prediction (None: none written)
+    beside what the checker measured."""
+    if guess is None:
+        return f"measured: {measured} (write your prediction in the cell first, then run it)"
+    return f"you predicted {guess}; measured: {measured}"
 
 
 # (lesson, exercise) -> a code-level hint, printed by hint() on request only

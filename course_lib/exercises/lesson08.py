@@ -1,235 +1,400 @@
-"""Checkers for the exercises of Lesson 08 (compression)."""
+"""Checkers for the exercises of Lesson 08 (notebooks/08_compression.ipynb). The right answers
+come from a library's own code (torch's per-channel affine quantization, ``torch.sparse``,
+``course_lib.compress``); each typical mistake is a small function beside its message."""
 
 from __future__ import annotations
+
+import copy
+import itertools
+import numbers
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from course_lib.exercises import call, checker
-
-# How much more the three most important heads must cost than the three least important ones,
-# in bits per character of the held-out plays (Section 3 measures about 0.1 against 0.02).
-IMPORTANT_BPC = 0.03
-
-
-def _weights() -> list[Tensor]:
-    """Matrices on which every mistake shows: rows of different scales, a row with a negative
-    extreme, one all-zero row (its scale must not be 0 / 0)."""
-    g = torch.Generator().manual_seed(8)
-    w = torch.randn(6, 16, generator=g) * torch.tensor([0.02, 0.1, 1.0, 3.0, 0.5, 0.0])[:, None]
-    w[1, 3] = -0.9  # the largest |w| of row 1 is negative
-    return [w, torch.randn(4, 10, generator=g) * 0.05]
-
-
-def _codes(w: Tensor, scale: Tensor) -> Tensor:
-    return torch.clamp(torch.round(w / scale), -127, 127)
-
-
-@checker(
-    "absmax_int8",
-    "Each row gets its own scale, the largest |w| of the row divided by 127, so that the row's "
-    "extreme lands on ±127; the codes are w / scale, rounded.",
+from course_lib.compress import Int4Linear, Int8Linear, distill_loss, quantize_int8
+from course_lib.exercises import (
+    NotAttempted,
+    call,
+    call_on_copies,
+    checker,
+    expect_tensor,
+    guessed,
+    named_mistake,
+    same,
 )
-def check_absmax_int8(fn) -> str | None:
-    """Check ``fn(w) -> (codes, scale)``: absmax int8 per output row, w (out, in) float ->
-    codes (out, in) int8 in [-127, 127], scale (out,) float = max|w[row]| / 127."""
-    from course_lib.compress.quantize import Int8Linear
+from course_lib.finetune import LoRALinear
+from course_lib.metrics import evaluate_all
+from course_lib.model import GPT
 
-    for w in _weights():
-        linear = nn.Linear(w.size(1), w.size(0))
-        linear.weight.data = w.clone()
-        want = Int8Linear.from_linear(linear)
-        got = call(fn, w.clone())
-        if not isinstance(got, tuple) or len(got) != 2:
-            return f"return a pair (codes, scale), got {type(got).__name__}"
-        codes, scale = got
-        if not isinstance(codes, Tensor) or codes.shape != w.shape:
-            return f"codes must have w's shape {tuple(w.shape)}, one code a weight"
-        if not isinstance(scale, Tensor) or scale.shape != (w.size(0),):
-            shape = tuple(scale.shape) if isinstance(scale, Tensor) else type(scale).__name__
-            return f"scale must be (out,) = ({w.size(0)},), one a row, got {shape}"
-        if codes.dtype != torch.int8:
-            return f"codes must be stored as torch.int8 (1 byte each), got {codes.dtype}"
-        absmax = w.abs().amax(1)
-        mistakes = {
-            "one scale for the whole matrix: each row needs its own (a row of tiny weights "
-            "would round to 0)": (w.abs().max() / 127).expand(w.size(0)),
-            "the scale divides by 128: int8 reaches -128, but a symmetric code stops at 127, "
-            "so +max|w| would overflow": absmax / 128,
-            "the scale is upside down: 127 / max|w|, not max|w| / 127": 127 / absmax,
-            "max(w), not max(|w|): a row whose extreme is negative overflows": w.amax(1) / 127,
-        }  # fmt: skip
-        live = absmax > 0
-        for message, wrong in mistakes.items():
-            if torch.allclose(scale[live].float(), wrong[live], rtol=1e-5):
-                return message
-        if not torch.allclose(scale[live].float(), want.scale[live], rtol=1e-5):
-            return "scale differs from max|w[row]| / 127"
-        if not torch.isfinite(scale).all() or (codes[~live] != 0).any():
-            return "an all-zero row must give codes 0 and a finite scale (no 0 / 0)"
-        ref = want.weight_int8
-        if torch.equal(codes[live], ref[live]):
-            continue
-        truncated = torch.trunc(w / want.scale[:, None]).to(torch.int8)
-        if torch.equal(codes[live], truncated[live]):
-            return "the codes are truncated toward zero: round to the nearest (torch.round)"
-        wrong = (codes != ref).sum().item()
-        return f"{wrong} codes differ from round(w / scale) (row-wise scale)"
-    return None
+# How far the poems' held-out loss must fall for a QLoRA run to count (nats/token; about 0.08)
+QLORA_FALL = 0.02
+
+# --- Exercise 1: asymmetric int4 ---------------------------------------------------------------
 
 
-@checker("dequantize_int8", "Undo the scaling: each code times its row's scale, a float again.")
-def check_dequantize_int8(fn) -> str | None:
-    """Check ``fn(codes, scale) -> w_hat``: codes (out, in) int8, scale (out,) -> (out, in)
-    float32, codes * scale of their row; within half a step of the original weights."""
-    for w in _weights():
-        scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        codes = _codes(w, scale[:, None]).to(torch.int8)
-        got = call(fn, codes.clone(), scale.clone())
-        want = codes.float() * scale[:, None]
-        if not isinstance(got, Tensor) or got.shape != w.shape:
-            return f"return (out, in) = {tuple(w.shape)} floats"
-        if not got.is_floating_point():
-            return f"return floats (codes.float() * ...), got {got.dtype}"
-        if got.shape[0] == got.shape[1] and torch.allclose(got, codes.float() * scale[None, :]):
-            return "each row has one scale: scale[:, None], not scale[None, :]"
-        if torch.allclose(got, codes.float() / scale[:, None]):
-            return "multiply by the scale: the codes are w / scale"
-        if not torch.allclose(got, want, atol=1e-7):
-            return f"w_hat differs from codes * scale by up to {(got - want).abs().max():.2e}"
-        if ((got - w).abs() > scale[:, None] / 2 + 1e-7).any():  # guards the test itself
-            return "w_hat is more than half a step from w"
-    return None
+def _rows() -> Tensor:
+    """Rows on which every mistake shows: mixed signs, none negative, none positive, skewed, a
+    single nonzero, and all zero (its scale must not be 0 / 0)."""
+    w = torch.randn(6, 24, generator=torch.Generator().manual_seed(8)) * 0.1
+    w[1], w[2], w[3] = w[1].abs() + 0.05, -w[2].abs(), w[3] * 0.3 + 0.02
+    w[4:], w[4, 5] = 0.0, 0.7
+    return w
 
 
-@checker(
-    "magnitude_mask",
-    "Rank the weights by |w|; the round(amount * numel) smallest are pruned (False), the rest "
-    "kept (True).",
-    "torch.topk(w.abs().flatten(), n, largest=False).indices are the n smallest; start from "
-    "a mask of True and set those to False, then view it as w's shape.",
-)
-def check_magnitude_mask(fn) -> str | None:
-    """Check ``fn(w, amount) -> mask``: bool (out, in), True where a weight is kept; the
-    round(amount * w.numel()) weights of smallest |w| are False, as
-    ``torch.nn.utils.prune.l1_unstructured`` chooses them."""
-    from torch.nn.utils import prune
+def _affine(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Torch's own asymmetric 4-bit code of each row of w: (codes, scale, zero point)."""
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-    g = torch.Generator().manual_seed(5)
-    for shape, amount in (((8, 16), 0.5), ((5, 7), 0.3), ((4, 4), 0.9)):
-        w = torch.randn(shape, generator=g)
-        linear = nn.Linear(shape[1], shape[0])
-        linear.weight.data = w.clone()
-        want = prune.l1_unstructured(linear, "weight", amount).weight_mask.bool()
-        got = call(fn, w.clone(), amount)
-        if not isinstance(got, Tensor) or got.shape != w.shape:
-            return f"return a mask of w's shape {shape}, True where a weight is kept"
-        got = got.bool()
-        n_pruned = round(amount * w.numel())
-        where = f"(amount {amount}, {w.numel()} weights: {n_pruned} pruned)"
-        if torch.equal(got, want):
-            continue
-        if torch.equal(~got, want):
-            return f"the mask is inverted: True marks a weight that is KEPT {where}"
-        if (~got).sum() == w.numel() - n_pruned != n_pruned:
-            return f"amount is the fraction pruned, not kept {where}"
-        if (~got).sum() != n_pruned:
-            return f"{(~got).sum().item()} weights are pruned, expected {n_pruned} {where}"
-        smallest_signed = torch.ones_like(got)
-        smallest_signed.view(-1)[torch.topk(w.view(-1), n_pruned, largest=False).indices] = False
-        if torch.equal(got, smallest_signed):
-            return f"rank by |w|, not w: a large negative weight matters as much {where}"
-        return f"the right number is pruned, but not the smallest |w| {where}"
-    return None
-
-
-@checker(
-    "distill_loss",
-    "Soften both distributions with the same temperature T, take the KL divergence from the "
-    "teacher's to the student's, average over positions, times T².",
-)
-def check_distill_loss(fn) -> str | None:
-    """Check ``fn(student_logits, teacher_logits, T) -> loss``: Hinton's soft-target loss,
-    T² · KL(softmax(teacher / T) || softmax(student / T)), averaged over positions; logits
-    (B, T_seq, V), loss a scalar."""
-    from course_lib.compress.distill import distill_loss
-
-    g = torch.Generator().manual_seed(3)
-    s, t = torch.randn(2, 5, 11, generator=g) * 3, torch.randn(2, 5, 11, generator=g) * 3
-    for T in (1.0, 2.0, 4.0):
-        want = distill_loss(s, t, T)
-        got = call(fn, s.clone(), t.clone(), T)
-        if not isinstance(got, Tensor) or got.dim() != 0:
-            return "return a scalar tensor: the mean over positions"
-        if torch.allclose(got, want, rtol=1e-4):
-            continue
-        log_p, log_q = (torch.log_softmax(x / T, -1) for x in (t, s))
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-        reverse = (log_q.exp() * (log_q - log_p)).sum(-1).mean()
-        mistakes = {
-            "the T² factor is missing: without it the soft targets' gradients shrink as 1/T²":
-                kl,
-            "multiply by T², not T": T * kl,
-            "that is KL(student || teacher): distillation uses the teacher's distribution "
-            "first, KL(p_teacher || q_student)": T**2 * reverse,
-            "that is the cross-entropy with the soft targets: it has the same gradient, but "
-            "is larger by the teacher's entropy; subtract it (KL = CE - H(p))":
-                T**2 * -(log_p.exp() * log_q).sum(-1).mean(),
-            "that sums over positions: take the mean, so the loss does not grow with the batch":
-                T**2 * (log_p.exp() * (log_p - log_q)).sum(-1).sum(),
-            "the temperature softens only the teacher: divide the student's logits by T too":
-                T**2 * (log_p.exp() * (log_p - torch.log_softmax(s, -1))).sum(-1).mean(),
-        }  # fmt: skip
-        for message, wrong in mistakes.items():
-            if torch.allclose(got, wrong, rtol=1e-4):
-                return f"{message} (T = {T:g})"
-        return f"loss {got.item():.5f}, expected {want.item():.5f} (T = {T:g})"
-    return None
-
-
-@checker(
-    "most_important",
-    "Read Section 3's importance table the other way round: the highest scores, "
-    "never a whole layer. prune_heads removes them.",
-)
-def check_most_important(fn) -> str | None:
-    """Check the experiment ``fn(model, importance) -> model``: remove the three heads with the
-    HIGHEST importance (importance (n_layer, n_head), normalised per layer) from the course
-    model. It passes when three heads are gone and the held-out plays got clearly worse than
-    removing the three least important ones did, and prints what it measured."""
-    from course_lib.compress.measure import held_out_bpc
-    from course_lib.compress.prune import head_importance, least_important, prune_heads
-    from course_lib.course_model import load_or_train
-    from course_lib.data import get_batch, load_tokens
-    from course_lib.model import GPT
-    from course_lib.poems import plays_sample
-
-    course = load_or_train(progress=False)
-    tokens, g = load_tokens("train"), torch.Generator().manual_seed(0)
-    batches = [get_batch(tokens, 16, course.config.block_size, g) for _ in range(8)]
-    importance = head_importance(course.model, batches)
-    text = plays_sample()[:20_000]
-
-    def bpc(model: GPT) -> float:
-        return held_out_bpc(model, course.tokenizer, text)
-
-    model = call(fn, load_or_train(progress=False).model, importance.clone())
-    if not isinstance(model, GPT):
-        return f"return the pruned model (a GPT), got {type(model).__name__}"
-    heads = [block.attn.n_head for block in model.transformer.h]
-    removed = course.config.n_layer * course.config.n_head - sum(heads)
-    if removed != 3:
-        return f"{removed} heads were removed (heads per layer now {heads}): remove three"
-    least = prune_heads(load_or_train(progress=False).model, least_important(importance, 3))
-    base, yours, low = bpc(course.model), bpc(model), bpc(least)
-    print(
-        f"held-out plays: {base:.3f} bits/char with every head; {low:.3f} without the three "
-        f"least important heads ({low - base:+.3f}); {yours:.3f} without yours "
-        f"({yours - base:+.3f})"
+    observer = PerChannelMinMaxObserver(
+        ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_affine, quant_min=0, quant_max=15
     )
-    if yours - low < IMPORTANT_BPC:
+    observer(w)
+    scale, zero = observer.calculate_qparams()
+    w_hat = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, 0, 15)
+    codes = torch.round(w_hat / scale[:, None]) + zero[:, None]
+    return codes.to(torch.uint8), scale, zero.float()
+
+
+def _code(w, steps=15, lo=None, hi=None, zero_of=None, codes_of=None):
+    """The asymmetric code (codes, scale, zero point) of w, one step of the recipe changed."""
+    lo = w.amin(1).clamp(max=0) if lo is None else lo
+    hi = w.amax(1).clamp(min=0) if hi is None else hi
+    scale = ((hi - lo) / steps).clamp(min=torch.finfo(torch.float32).tiny)
+    zero = torch.round(-lo / scale) if zero_of is None else zero_of(lo, scale)
+    codes = torch.round(w / scale[:, None]) + zero[:, None] if codes_of is None else codes_of(w, lo)
+    return codes.clamp(0, 15).to(torch.uint8), scale, zero
+
+
+def _symmetric_plus_8(w):
+    scale = w.abs().amax(1) / 7.5
+    codes = torch.round(w / scale[:, None]) + 8
+    return codes.clamp(0, 15).to(torch.uint8), scale, torch.full_like(scale, 8)
+
+
+def _range_without_zero(w):
+    return _code(w, lo=w.amin(1), hi=w.amax(1))
+
+
+def _sixteen_steps(w):
+    return _code(w, steps=16)
+
+
+def _zero_point_unrounded(w):
+    return _code(w, zero_of=lambda lo, scale: -lo / scale)
+
+
+def _shifted_then_rounded(w):
+    scale = _code(w)[1][:, None]
+    return _code(w, codes_of=lambda w, lo: torch.round((w - lo[:, None]) / scale))
+
+
+def _truncated(w):
+    scale, zero = _code(w)[1:]
+    return _code(w, codes_of=lambda w, lo: torch.trunc(w / scale[:, None]) + zero[:, None])
+
+
+_ASYMMETRIC_MISTAKES = {
+    _symmetric_plus_8: "that is Section 2's symmetric scale, max|w| / 7.5: the asymmetric code "
+    "spreads its 16 codes over the row's own range, from its minimum to its maximum",
+    _range_without_zero: "the range must include 0, from min(min w, 0) to max(max w, 0), so "
+    "that a weight of exactly 0 (a pruned one, say) has a code and comes back exactly 0",
+    _sixteen_steps: "16 codes are 15 steps apart: the scale is the range divided by 15",
+    _zero_point_unrounded: "the zero point is a code, an integer: round it, so that 0.0 lands "
+    "exactly on a code",
+    _truncated: "the codes are truncated toward zero: round to the nearest",
+    _shifted_then_rounded: "some codes are one off: round w / scale first, then add the zero "
+    "point (rounding (w - min) / scale assumes a zero point that was not rounded)",
+}
+
+
+def _mean_error(w: Tensor, codes: Tensor, scale: Tensor, zero: Tensor) -> float:
+    return ((codes.float() - zero.float()[:, None]) * scale[:, None] - w).abs().mean().item()
+
+
+def _symmetric_error(w: Tensor) -> float:
+    """Mean |error| of the library's symmetric int4, one scale a row (one group a row)."""
+    linear = nn.Linear(w.size(1), w.size(0), bias=False)
+    linear.weight.data = w.clone()
+    return (Int4Linear.from_linear(linear, w.size(1)).dequantize() - w).abs().mean().item()
+
+
+@checker(
+    "asymmetric_int4",
+    "Give each row a scale and a zero point: its 16 codes spread evenly over the row's range, "
+    "widened to hold 0, and the zero point the code that stands for 0.",
+    "lo = w.amin(1).clamp(max=0) and hi = w.amax(1).clamp(min=0) are each row's range; "
+    "scale = (hi - lo) / 15; zero_point = round(-lo / scale); codes = round(w / scale) + "
+    "zero_point, clamped to [0, 15], as torch.uint8 (scale[:, None] broadcasts over a row).",
+)
+def check_asymmetric_int4(fn, w: Tensor | None = None, guess=None) -> str | None:
+    """Check ``fn(w) -> (codes, scale, zero_point)``, torch's per-channel affine code: w (out, in)
+    -> codes (out, in) uint8 in [0, 15], scale (out,), zero_point (out,). Given ``w``, it then
+    prints the mean error against the library's symmetric int4 (a scale a row) on w and |w|."""
+    rows = _rows()
+    got = call_on_copies(fn, rows)
+    if not isinstance(got, tuple) or len(got) != 3:
+        return f"return a triple (codes, scale, zero_point), got {type(got).__name__}"
+    codes = expect_tensor(got[0], rows.shape, "the codes, one a weight")
+    expect_tensor(got[1], rows.shape[:1], "the scales, one a row")
+    expect_tensor(got[2], rows.shape[:1], "the zero points, one a row")
+    if codes.dtype != torch.uint8:
+        return f"store the codes as torch.uint8 (0 to 15, unsigned), got {codes.dtype}"
+    live = rows.amax(1) > rows.amin(1)  # every mistake is per row: the zero row is apart
+    mine, want = tuple(x[live] for x in got), _affine(rows[live])
+    if not same(mine, want, atol=1e-7):
+        first = next(i for i in (1, 2, 0) if not same(mine[i].float(), want[i].float(), 1e-7))
+        return named_mistake(mine, _ASYMMETRIC_MISTAKES, rows[live], atol=1e-7) or (
+            f"the {('codes', 'scales', 'zero points')[first]} differ from those of torch's "
+            f"asymmetric 4-bit code"
+        )
+    if _mean_error(rows[~live], *(x[~live] for x in got)) != 0:  # nan, where 0 / 0
+        return "an all-zero row must give codes, a scale and a zero point that stand for 0s"
+    if w is not None:
+        ratio = [_mean_error(m, *call(fn, m.clone())) / _symmetric_error(m) for m in (w, w.abs())]
+        print(guessed(guess, f"asymmetric's mean error is {ratio[0]:.2f}x symmetric's on this "
+                             f"matrix, {ratio[1]:.2f}x on |w| (no negative weights)"))  # fmt: skip
+    return None
+
+
+# --- Exercise 2: when CSR is smaller -----------------------------------------------------------
+
+# c_fc's shape both ways; (4, 6, 8) tells n_rows from n_rows + 1 row pointers; (3, 4, 4) ties:
+# 4 nonzeros take (3 + 1) x 4 + 4 x (4 + 4) = 48 bytes, as many as dense.
+CSR_CASES = ((512, 128, 8), (512, 128, 4), (4, 6, 8), (3, 4, 4), (128, 512, 4))
+
+
+def _csr_bytes(n_rows: int, n_cols: int, nonzeros: int, index_bytes: int) -> int:
+    """Bytes of a (n_rows, n_cols) float32 ``torch.sparse_csr`` tensor of ``nonzeros``."""
+    dense = torch.zeros(n_rows * n_cols)
+    dense[torch.randperm(len(dense), generator=torch.Generator().manual_seed(0))[:nonzeros]] = 1
+    index = {4: torch.int32, 8: torch.int64}[index_bytes]
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state", and so on
+        warnings.filterwarnings("ignore", message="Sparse")
+        csr = dense.view(n_rows, n_cols).to_sparse_csr()
+        csr = torch.sparse_csr_tensor(
+            csr.crow_indices().to(index), csr.col_indices().to(index), csr.values(), csr.shape
+        )
+    parts = (csr.crow_indices(), csr.col_indices(), csr.values())
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _most_nonzeros(n_rows: int, n_cols: int, index_bytes: int) -> int:
+    """The answer, from torch's own layout: its bytes with 0 and with 1 nonzero."""
+    empty = _csr_bytes(n_rows, n_cols, 0, index_bytes)
+    each = _csr_bytes(n_rows, n_cols, 1, index_bytes) - empty
+    return (4 * n_rows * n_cols - empty - 1) // each
+
+
+def _no_row_pointers(r, c, ib):
+    return (4 * r * c - 1) // (4 + ib)
+
+
+def _as_large_counts(r, c, ib):
+    return (4 * r * c - (r + 1) * ib) // (4 + ib)
+
+
+def _n_rows_pointers(r, c, ib):
+    return (4 * r * c - r * ib - 1) // (4 + ib)
+
+
+_CSR_MISTAKES = {
+    _no_row_pointers: "the row pointers are missing: CSR also stores n_rows + 1 of them, "
+    "where each row starts among the values, and where the last one ends",
+    _as_large_counts: "at that count CSR takes exactly as many bytes as dense: smaller means "
+    "strictly fewer",
+    _n_rows_pointers: "n_rows + 1 row pointers, not n_rows: the last one marks the end",
+}
+
+
+@checker(
+    "csr_max_nonzeros",
+    "Write the bytes of each part of CSR as a function of the number of nonzeros, the dense "
+    "bytes beside them, and solve for the largest count that keeps CSR strictly smaller.",
+    "CSR bytes = (n_rows + 1) * index_bytes + nnz * (4 + index_bytes); dense bytes = "
+    "4 * n_rows * n_cols; the largest integer nnz with CSR < dense is "
+    "(dense - row pointers' bytes - 1) // (4 + index_bytes).",
+)
+def check_csr_max_nonzeros(fn, guess=None) -> str | None:
+    """Check ``fn(n_rows, n_cols, index_bytes) -> int``: the most nonzeros with which a float32
+    matrix in ``torch.sparse_csr`` (indices of ``index_bytes``) takes fewer bytes than dense.
+    Then prints from which sparsity CSR is smaller for Section 2's c_fc, (512, 128)."""
+    for r, c, ib in CSR_CASES:
+        got = call(fn, r, c, ib)
+        where = f"({r} x {c}, {ib}-byte indices)"
+        got = int(got) if isinstance(got, float) and got.is_integer() else got
+        if isinstance(got, bool) or not isinstance(got, numbers.Integral):
+            return f"return a count of nonzeros, an integer, got {got!r} {where}"
+        if got != (want := _most_nonzeros(r, c, ib)):
+            message = named_mistake(got, _CSR_MISTAKES, r, c, ib)
+            return f"{message or f'{got:,} nonzeros, expected {want:,}'} {where}"
+    zeros = {ib: 1 - _most_nonzeros(512, 128, ib) / (512 * 128) for ib in (8, 4)}
+    half = _csr_bytes(512, 128, 512 * 64, 8) / (4 * 512 * 128)
+    print(guessed(guess, f"CSR is smaller from {zeros[8]:.1%} zeros with int64 indices "
+                         f"(torch's default), from {zeros[4]:.1%} with int32; at Section 3's "
+                         f"50% it takes {half:.2f}x the dense bytes"))  # fmt: skip
+    return None
+
+
+# --- Exercise 3: debug this distillation loss --------------------------------------------------
+
+Loss = Callable[[Tensor, Tensor, float], Tensor]  # (student, teacher logits (B, T, V), T) -> ()
+
+
+# Each turns a loss into one that makes its mistake; the three bugs make the function as given
+def _teacher_as_input(loss: Loss) -> Loss:
+    return lambda s, t, T: loss(t, s, T)  # KL(q || p)
+
+
+def _batchmean_of_3d(loss: Loss) -> Loss:
+    return lambda s, t, T: loss(s, t, T) * s.size(1)  # divided by B, not B * T
+
+
+def _times_T(loss: Loss) -> Loss:
+    return lambda s, t, T: loss(s, t, T) / T
+
+
+def _mean_over_vocabulary(loss: Loss) -> Loss:
+    return lambda s, t, T: loss(s, t, T) / s.size(-1)
+
+
+def _no_T_factor(loss: Loss) -> Loss:
+    return lambda s, t, T: loss(s, t, T) / T**2
+
+
+_KL_BUGS = {  # the three bugs of the function as given
+    _teacher_as_input: "that is KL(student || teacher): kl_div's input is the log of the "
+    "distribution that learns, the student's, and its target the teacher's probabilities",
+    _batchmean_of_3d: "'batchmean' divides by the first dimension only, B: view the logits as "
+    "(B * T, V) first, so that it divides by all the positions",
+    _times_T: "the loss is scaled by T: the factor is T²",
+}
+_KL_WRONG_FIXES = {
+    _mean_over_vocabulary: "the loss is V times too small: reduction='mean' averages over all "
+    "B * T * V numbers; sum over the vocabulary, average over the B * T positions",
+    _no_T_factor: "the T² factor is missing",
+}
+
+
+def _with(mistakes: tuple[Callable[[Loss], Loss], ...]) -> Loss:
+    loss = distill_loss
+    for make in mistakes:
+        loss = make(loss)
+    return loss
+
+
+@checker(
+    "distill_loss_kl_div",
+    "This is the function as given, with its three bugs. Read it against Section 4's formula "
+    "and the documentation of the loss it calls: which argument is the log of which "
+    "distribution, what does each reduction divide by, and what factor comes in front?",
+    "F.kl_div(input, target) sums target * (log target - input): input = log q_T, the "
+    "student's (F.log_softmax), target = p_T, the teacher's (F.softmax); reduction='batchmean' "
+    "divides by input.size(0), so .reshape(-1, V) both first; then times T**2.",
+)
+def check_distill_loss_kl_div(fn) -> str | None:
+    """Check ``fn(student_logits, teacher_logits, T) -> loss``, logits (B, T, V): Hinton's
+    T² · KL(p_T || q_T) averaged over positions (the library's ``distill_loss``), the learner's
+    repair of a function with three bugs: KL the wrong way round, 'batchmean' over B, times T."""
+    g = torch.Generator().manual_seed(3)
+    probes = [(torch.randn(2, 5, 11, generator=g) * 3, torch.randn(2, 5, 11, generator=g) * 3, T)
+              for T in (2.0, 4.0)]  # fmt: skip
+    got = [call_on_copies(fn, *probe) for probe in probes]
+    for loss in got:
+        expect_tensor(loss, (), "one number (a 0-d tensor), the mean over positions")
+    messages = {**_KL_BUGS, **_KL_WRONG_FIXES}
+    for n in range(len(messages) + 1):  # the fewest mistakes first; none: right
+        for made in itertools.combinations(messages, n):
+            if all(same(loss, _with(made)(*probe), 1e-5) for loss, probe in zip(got, probes)):
+                if set(made) == set(_KL_BUGS):
+                    raise NotAttempted
+                return "; and ".join(messages[m] for m in made) or None
+    want = distill_loss(*probes[0])
+    return f"loss {got[0].item():.5f}, expected {want.item():.5f} (T = 2)"
+
+
+# --- Exercise 4: QLoRA in miniature ------------------------------------------------------------
+
+
+def _base(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict without the adapters, named as in the model without them."""
+    state = model.state_dict().items()
+    return {name.replace(".base_layer", ""): t for name, t in state if "lora_" not in name}
+
+
+def _no_int8_base(model, ref):
+    return not any(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def _no_adapters(model, ref):
+    return not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def _adapter_on_float(model, ref):
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    return any(not isinstance(m.base_layer, Int8Linear) for m in lora)
+
+
+def _codes_changed(model, ref):
+    ours, theirs = _base(model), _base(ref)
+    codes = [n for n in theirs if n.endswith(("weight_int8", ".scale"))]
+    return any(n not in ours or not torch.equal(ours[n], theirs[n]) for n in codes)
+
+
+def _base_trained(model, ref):
+    ours, theirs = _base(model), _base(ref)
+    return ours.keys() != theirs.keys() or any(not torch.equal(ours[n], theirs[n]) for n in ours)
+
+
+def _adapters_untrained(model, ref):
+    return all(not m.lora_B.weight.any() for m in model.modules() if isinstance(m, LoRALinear))
+
+
+_QLORA_MISTAKES = {  # each says whether the returned model shows its mistake
+    _no_int8_base: "the model has no int8 layer: QLoRA's base is quantized first (Section 2), "
+    "1 byte a weight, and stays frozen",
+    _no_adapters: "the model has no LoRA adapter: wrap each c_attn, int8 as it is, in Lesson "
+    "07's adapter layer",
+    _adapter_on_float: "an adapter wraps a float32 layer: quantize first, then wrap the int8 "
+    "layers",
+    _codes_changed: "the int8 codes differ from those of the model you were given: quantize it "
+    "as it is and train the adapters alone (not the weights first, then quantize)",
+    _base_trained: "weights besides the adapters moved (biases, LayerNorms, positions): freeze "
+    "the whole model before adding the adapters",
+    _adapters_untrained: "the adapters did not train (every B is still 0): train the model "
+    "after adding them",
+}
+
+
+@checker(
+    "qlora",
+    "Quantize the copy you are given as Section 2 did, freeze all of it, wrap each attention "
+    "c_attn in a LoRA adapter as in Lesson 07, and train it on the poems.",
+    "quantize_int8(model); model.requires_grad_(False); then for each (name, layer) of "
+    "list(model.projections()) whose name ends in 'c_attn': model.set_submodule(name, "
+    "LoRALinear(layer, rank=8, alpha=16.0)); then train(model, poems, TrainConfig(...)).",
+)
+def check_qlora(fn, model: GPT, poems: dict[str, Tensor]) -> str | None:
+    """Check the experiment ``fn(model, poems) -> model``: a copy of ``model`` frozen in int8,
+    LoRA adapters trained beside it on the poems ({"train", "val"} token ids). It passes when
+    the int8 codes are those of ``model``, only the adapters moved, and the poems' held-out
+    loss fell by QLORA_FALL nats/token or more; it prints what it measured."""
+    ref = quantize_int8(copy.deepcopy(model))
+    got = call(fn, copy.deepcopy(model), poems)
+    if not isinstance(got, GPT):
+        return f"return the model (a GPT), got {type(got).__name__}"
+    if message := named_mistake(True, _QLORA_MISTAKES, got, ref):
+        return message
+    before, after = (evaluate_all(m, poems["val"], model.config.block_size) for m in (ref, got))
+    adapters = sum(p.numel() for name, p in got.named_parameters() if "lora_" in name)
+    print(f"{adapters:,} weights trained ({adapters / got.num_params():.1%} of the model); "
+          f"{ref.num_bytes() / 1e6:.2f} MB of int8 base + {4 * adapters / 1e6:.2f} MB of "
+          f"adapters, against {model.num_bytes() / 1e6:.2f} MB in float32")  # fmt: skip
+    print(f"held-out poems: {before:.3f} -> {after:.3f} nats/token")
+    if before - after < QLORA_FALL:
         return (
-            f"your three heads cost only {yours - low:+.3f} bits/char more than the least "
-            f"important three: did you take the highest scores (importance.flatten().topk(3))?"
+            f"the poems' held-out loss fell by {before - after:.3f} nats/token only: train "
+            f"longer or faster (30 steps of 8 windows at a learning rate of 2e-3 give about 0.08)"
         )
     return None
