@@ -10,14 +10,11 @@ import torch
 from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
-from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises import lesson05 as ex05
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
-from course_lib.exercises.solutions import lesson02 as sol02
 from course_lib.exercises.solutions import lesson05 as sol05
 from course_lib.optim import lr_at
-from course_lib.positional import sinusoidal_encoding
 
 
 def stub(*args):
@@ -194,37 +191,6 @@ def test_encode_word_rejects_typical_mistakes(attempt, feedback):
     result = ex01.check_encode_word(attempt)
     assert result.status == FAILED
     assert feedback in result.message
-
-
-# --- lesson 02 -----------------------------------------------------------------------------------
-
-
-def test_rotate_pairs_accepts_solution():
-    assert ex02.check_rotate_pairs(sol02.rotate_pairs).passed
-
-
-def test_rotate_pairs_stub_is_not_attempted_with_a_nudge(capsys):
-    from course_lib.exercises import hint
-
-    result = ex02.check_rotate_pairs(stub)
-    assert result.status == NOT_ATTEMPTED and "cos" not in result.message
-    hint("lesson02", "rotate_pairs")
-    assert "a cos - b sin" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda x, p: ex02._rotate(x, p, sign=-1.0), "the other way"),
-    (lambda x, p: ex02._rotate(x, p, two=False), "missing its factor 2"),
-    (lambda x, p: ex02._rotate(x, p, halves=True), "rotate half"),
-    (lambda x, p: x + sinusoidal_encoding(int(p.max()) + 1, x.shape[-1])[p], "adds the position"),
-    (lambda x, p: ex02._rotate(x, torch.arange(len(p))), "use the positions given"),
-    (lambda x, p: ex02._rotate(x, p)[:, :2], "shape (6, 8), got (6, 2)"),
-    (lambda x, p: ex02._rotate(x, p).numpy(), "got ndarray"),
-    (lambda x, p: ex02._rotate(x, p) + 0.1, "differs from RoPE's"),
-])  # fmt: skip
-def test_rotate_pairs_rejects_typical_mistakes(attempt, feedback):
-    result = ex02.check_rotate_pairs(attempt)
-    assert result.status == FAILED and feedback in result.message, result.message
 
 
 # --- lesson 05 -----------------------------------------------------------------------------------

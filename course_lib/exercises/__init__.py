@@ -99,9 +99,14 @@ def expect_tensor(got: object, shape: tuple[int, ...], what: str) -> Tensor:
     return got
 
 
-def same(got: Tensor, want: Tensor, atol: float = 1e-5) -> bool:
-    """``got`` equals ``want``: the same shape, and equal (bool, integers) or close (floats)."""
-    if got.shape != want.shape:
+def same(got: Any, want: Any, atol: float = 1e-5) -> bool:
+    """``got`` equals ``want``: tensors of the same shape, equal (bool, integers) or close
+    (floats); or numbers, equal (int) or within ``atol`` (float)."""
+    if not isinstance(want, Tensor):
+        if isinstance(got, bool) or not isinstance(got, int | float):
+            return False
+        return got == want if isinstance(want, int) else abs(got - want) <= atol
+    if not isinstance(got, Tensor) or got.shape != want.shape:
         return False
     if want.dtype == torch.bool or not want.is_floating_point():
         return torch.equal(got, want)
@@ -109,7 +114,7 @@ def same(got: Tensor, want: Tensor, atol: float = 1e-5) -> bool:
 
 
 def named_mistake(
-    got: Tensor, mistakes: Mapping[Callable[..., Tensor], str], *inputs: Any, atol: float = 1e-5
+    got: Any, mistakes: Mapping[Callable[..., Any], str], *inputs: Any, atol: float = 1e-5
 ) -> str | None:
     """The message of the first typical mistake in ``mistakes`` that ``got`` makes, or None.
 
