@@ -1,7 +1,6 @@
 """Every checker accepts the reference solution, says "not attempted" for the untouched stub,
 and rejects the typical mistakes with feedback that names them."""
 
-import math
 from collections import Counter
 
 import pytest
@@ -10,11 +9,8 @@ import torch
 from course_lib.exercises import FAILED, NOT_ATTEMPTED, PASSED, show_solution
 from course_lib.exercises import lesson00 as ex00
 from course_lib.exercises import lesson01 as ex01
-from course_lib.exercises import lesson05 as ex05
 from course_lib.exercises.solutions import lesson00 as sol00
 from course_lib.exercises.solutions import lesson01 as sol01
-from course_lib.exercises.solutions import lesson05 as sol05
-from course_lib.optim import lr_at
 
 
 def stub(*args):
@@ -189,189 +185,6 @@ def test_encode_word_stub_is_not_attempted():
 ])  # fmt: skip
 def test_encode_word_rejects_typical_mistakes(attempt, feedback):
     result = ex01.check_encode_word(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-# --- lesson 05 -----------------------------------------------------------------------------------
-
-
-def _cosine(p, max_lr, low):
-    return low + (max_lr - low) * (1 + math.cos(math.pi * p)) / 2
-
-
-def _lr_warmup_from_zero(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * step / warmup
-    return lr_at(step, max_lr, min_lr, warmup, max_steps)
-
-
-def _lr_progress_from_step_zero(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= max_steps:
-        return min_lr
-    return _cosine(step / max_steps, max_lr, min_lr)
-
-
-def _lr_to_zero(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= max_steps:
-        return min_lr
-    return _cosine((step - warmup) / (max_steps - warmup), max_lr, 0.0)
-
-
-def _lr_rising_again(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    return _cosine((step - warmup) / (max_steps - warmup), max_lr, min_lr)
-
-
-def _lr_below_min(step, max_lr, min_lr, warmup, max_steps):
-    if step >= max_steps:
-        return min_lr * max_steps / (step + 1)
-    return lr_at(step, max_lr, min_lr, warmup, max_steps)
-
-
-def _lr_zero_after_end(step, max_lr, min_lr, warmup, max_steps):
-    return 0.0 if step >= max_steps else lr_at(step, max_lr, min_lr, warmup, max_steps)
-
-
-def _lr_linear(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= max_steps:
-        return min_lr
-    return max_lr - (max_lr - min_lr) * (step - warmup) / (max_steps - warmup)
-
-
-def _lr_linear_to_zero(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= max_steps:
-        return min_lr
-    return max_lr * (1 - (step - warmup) / (max_steps - warmup))
-
-
-def _lr_no_warmup(step, max_lr, min_lr, warmup, max_steps):
-    return min_lr if step >= max_steps else _cosine(step / max_steps, max_lr, min_lr)
-
-
-def _lr_no_warmup_branch(step, max_lr, min_lr, warmup, max_steps):
-    if step >= max_steps:
-        return min_lr
-    return _cosine((step - warmup) / (max_steps - warmup), max_lr, min_lr)
-
-
-def _lr_divides_first(step, max_lr, min_lr, warmup, max_steps):
-    warm = max_lr * (step + 1) / warmup
-    return warm if step < warmup else lr_at(step, max_lr, min_lr, warmup, max_steps)
-
-
-def _lr_warmup_too_long(step, max_lr, min_lr, warmup, max_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / (warmup + 1)
-    return lr_at(step, max_lr, min_lr, warmup, max_steps)
-
-
-def test_lr_schedule_accepts_solution_and_course_lib():
-    assert ex05.check_lr_schedule(sol05.lr_schedule).status == PASSED
-    assert ex05.check_lr_schedule(lr_at).passed
-
-
-def test_lr_schedule_stub_is_not_attempted_with_hint():
-    result = ex05.check_lr_schedule(stub)
-    assert result.status == NOT_ATTEMPTED
-    assert "Three cases" in result.message and "step >= max_steps" in result.message
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (_lr_warmup_from_zero, "warm-up starts at 0"),
-    (_lr_warmup_from_zero, "at step 0, the first warm-up step: expected 0.25, got 0"),
-    (_lr_progress_from_step_zero, "measured from step 0"),
-    (_lr_progress_from_step_zero, "at step 4, the first step of the cosine: expected 1, got"),
-    (_lr_to_zero, "decays to 0 instead of min_lr"),
-    (_lr_rising_again, "rises again"),
-    (_lr_rising_again, "at step 13, once step >= max_steps: expected 0.1, got"),
-    (_lr_below_min, "goes below it"),
-    (_lr_zero_after_end, "does not drop to 0"),
-    (_lr_linear, "that decay is linear"),
-    (_lr_linear_to_zero, "ends at min_lr; and that decay is linear"),
-    (_lr_no_warmup, "warm-up is missing"),
-    (_lr_no_warmup_branch, "warm-up is missing"),
-    (_lr_divides_first, "divided by zero"),
-    (lambda step, *args: torch.tensor(lr_at(step, *args)), "return a float"),
-    (lambda step, *args: str(lr_at(step, *args)), "return a float, got str"),
-    (_lr_warmup_too_long, "at step 0, the first warm-up step: expected 0.25, got 0.2"),
-    (lambda step, *args: math.log(-1), "your function raised ValueError"),
-])  # fmt: skip
-def test_lr_schedule_rejects_typical_mistakes(attempt, feedback):
-    result = ex05.check_lr_schedule(attempt)
-    assert result.status == FAILED
-    assert feedback in result.message
-
-
-def _log_probs_at_targets(logits, targets):
-    return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-def _loss_in_bits(logits, targets):
-    return -(logits.log_softmax(-1) / math.log(2)).gather(-1, targets.unsqueeze(-1)).mean()
-
-
-def _loss_of_raw_logit(logits, targets):
-    return -logits.gather(-1, targets.unsqueeze(-1)).mean()
-
-
-def _loss_of_probability(logits, targets):
-    return -logits.softmax(-1).gather(-1, targets.unsqueeze(-1)).mean()
-
-
-def _loss_of_argmax(logits, targets):
-    return -logits.log_softmax(-1).max(-1).values.mean()
-
-
-def _loss_shifted_again(logits, targets):
-    return _log_probs_at_targets(logits[:, :-1], targets[:, 1:]).mean().neg()
-
-
-def _loss_cross_entropy_3d(logits, targets):
-    return torch.nn.functional.cross_entropy(logits, targets)  # classes must be dim 1
-
-
-def test_batch_loss_accepts_solution_cross_entropy_and_float():
-    assert ex05.check_batch_loss(sol05.batch_loss).status == PASSED
-    ce = torch.nn.functional.cross_entropy
-    assert ex05.check_batch_loss(lambda lg, t: ce(lg.view(-1, lg.shape[-1]), t.view(-1))).passed
-    assert ex05.check_batch_loss(lambda lg, t: sol05.batch_loss(lg, t).item()).passed
-
-
-def test_batch_loss_stub_is_not_attempted_with_hint():
-    result = ex05.check_batch_loss(stub)
-    assert result.status == NOT_ATTEMPTED
-    assert "log" in result.message and "gather" not in result.message
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda lg, t: -_log_probs_at_targets(lg, t).sum(), "sum over the tokens"),
-    (lambda lg, t: -_log_probs_at_targets(lg, t).sum(-1).mean(), "averaged over the batch"),
-    (_loss_in_bits, "in bits"),
-    (_loss_in_bits, "(for logits (2, 3, 5): expected "),
-    (_loss_of_raw_logit, "raw logit"),
-    (_loss_of_probability, "probability of the target, not its log-probability"),
-    (lambda lg, t: _log_probs_at_targets(lg, t).mean(), "minus sign is missing"),
-    (_loss_of_argmax, "argmax"),
-    (_loss_shifted_again, "shifted again"),
-    (lambda lg, t: -_log_probs_at_targets(lg, t), "every token, shape (2, 3)"),
-    (lambda lg, t: -_log_probs_at_targets(lg, t).view(-1), "every token, shape (6,)"),
-    (lambda lg, t: -_log_probs_at_targets(lg, t).mean(-1), "got a tensor of shape (2,)"),
-    (lambda lg, t: [sol05.batch_loss(lg, t)], "0-d tensor (or a float), got list"),
-    (lambda lg, t: sol05.batch_loss(lg, t) + 0.01, "nats per token, got"),
-    (_loss_cross_entropy_3d, "your function raised RuntimeError"),
-])  # fmt: skip
-def test_batch_loss_rejects_typical_mistakes(attempt, feedback):
-    result = ex05.check_batch_loss(attempt)
     assert result.status == FAILED
     assert feedback in result.message
 
@@ -677,37 +490,3 @@ def test_less_text_rejects_a_tokenizer_trained_on_all_the_text():
 
     result = lesson01.check_less_text(lambda text: course_tokenizer())
     assert result.status == FAILED and "merges differ" in result.message, result.message
-
-
-# --- lesson 05: the dropout experiment -----------------------------------------------------------
-
-
-def _drop(x, p, g, keep_rate=None, scale=None):
-    keep = torch.rand(x.shape, generator=g) < (1 - p if keep_rate is None else keep_rate)
-    return x * keep * (1 / (1 - p) if scale is None else scale)
-
-
-def test_dropout_accepts_solution_and_says_not_attempted_to_the_stub():
-    assert ex05.check_dropout(sol05.dropout).status == PASSED
-    result = ex05.check_dropout(stub)
-    assert result.status == NOT_ATTEMPTED and "rescale" in result.message
-    assert "torch.rand" not in result.message
-
-
-def _in_place(x, p, g):
-    return x.mul_(torch.rand(x.shape, generator=g) >= p).div_(1 - p)
-
-
-@pytest.mark.parametrize(("attempt", "feedback"), [
-    (lambda x, p, g: _drop(x, p, g, scale=1.0), "not rescaled"),
-    (lambda x, p, g: _drop(x, p, g, scale=1 - p), "multiplied by 1 - p"),
-    (lambda x, p, g: _drop(x, p, g, keep_rate=p), "not of keeping it"),
-    (lambda x, p, g: _drop(x, p, g, keep_rate=0.5), "expected about"),
-    (lambda x, p, g: _drop(x, p, g, scale=2.0), "either 0 or x / (1 - p)"),
-    (lambda x, p, g: _drop(x, p, g)[0], "shaped like x"),
-    (lambda x, p, g: _drop(x, p, g) if p else x + 1, "at p = 0 nothing is dropped"),
-    (_in_place, "in place"),
-])  # fmt: skip
-def test_dropout_rejects_typical_mistakes(attempt, feedback):
-    result = ex05.check_dropout(attempt)
-    assert result.status == FAILED and feedback in result.message, result.message
