@@ -1,8 +1,6 @@
 """Lesson 04's checkers: they accept the solutions, say "not attempted" to the stubs, and name
 the typical mistakes."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -15,61 +13,66 @@ def stub(*args):
     raise NotImplementedError
 
 
-# --- Exercise 1: param_count ---------------------------------------------------------------------
+# --- Exercise 1: param_count, for any configuration ---------------------------------------------
 
 
-def test_param_count_accepts_solution():
+def test_param_count_accepts_solution_and_shows_what_untying_costs(capsys):
     assert ex04.check_param_count(sol04.param_count).status == PASSED
+    out = capsys.readouterr().out
+    assert "course model: 873,600 parameters; an untied head adds 262,144 (30%)" in out
+    assert "GPT-2 small: 124,439,808 parameters; an untied head adds 38,597,376 (31%)" in out
 
 
-def test_param_count_stub_is_not_attempted():
-    assert ex04.check_param_count(stub).status == NOT_ATTEMPTED
+def test_param_count_stub_is_not_attempted_with_a_nudge_and_code_on_request(capsys):
+    result = ex04.check_param_count(stub)
+    assert result.status == NOT_ATTEMPTED and "bias" in result.message
+    assert "C ->" not in result.message and "config." not in result.message
+    hint("lesson04", "param_count")
+    assert "c_attn (C -> 3C)" in capsys.readouterr().out
 
 
-def test_param_count_solution_matches_the_model_without_biases():
-    config = dataclasses.replace(ex04._CONFIGS[0], bias=False)
-    assert sol04.param_count(config) == ex04.GPT(config).num_params()
+@pytest.mark.parametrize("config", ex04._CONFIGS)
+@pytest.mark.parametrize("tied", [True, False])
+def test_param_count_solution_matches_the_model(config, tied):
+    model = ex04.GPT(config)
+    if not tied:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert sol04.param_count(config, tied) == sum(p.numel() for p in model.parameters())
 
 
-def _count_untied(c):
-    return sol04.param_count(c) + c.vocab_size * c.n_embd
+def _section_5_formula(c, tied=True):  # right for GPT-2's choices only
+    C = c.n_embd
+    return c.vocab_size * C + c.block_size * C + c.n_layer * (12 * C**2 + 13 * C) + 2 * C
 
 
-def _count_no_positions(c):
-    return sol04.param_count(c) - c.block_size * c.n_embd
+def _plus(extra):
+    return lambda c, tied=True: sol04.param_count(c, tied) + extra(c, tied)
 
 
-def _count_no_norms(c):
-    return sol04.param_count(c) - (4 * c.n_layer + 2) * c.n_embd
+def _norm_biases(c, tied):
+    return 0 if c.bias else (2 * c.n_layer + 1) * c.n_embd
 
 
-def _count_no_biases(c):
-    return sol04.param_count(c) - c.n_layer * 9 * c.n_embd
-
-
-def _count_narrow_mlp(c):
-    return sol04.param_count(c) - c.n_layer * (6 * c.n_embd**2 + 3 * c.n_embd)
-
-
-def _count_ignoring_bias_flag(c):
-    return sol04.param_count(dataclasses.replace(c, bias=True))
-
-
-def _count_keeping_norm_biases(c):
-    return sol04.param_count(c) + (0 if c.bias else (2 * c.n_layer + 1) * c.n_embd)
+def _linear_biases(c, tied):
+    return 0 if c.bias else c.n_layer * 9 * c.n_embd
 
 
 @pytest.mark.parametrize(("attempt", "feedback"), [
-    (_count_untied, "weight tying"),
-    (_count_no_positions, "position embeddings are missing"),
-    (_count_no_norms, "LayerNorms are missing"),
-    (_count_no_biases, "biases are missing"),
-    (_count_narrow_mlp, "4 x n_embd"),
-    (_count_ignoring_bias_flag, "removes every bias"),
-    (_count_keeping_norm_biases, "LayerNorms' biases too"),
-    (lambda c: 42, "the model has"),
+    (_section_5_formula, "an untied head is a second (vocab_size, n_embd) matrix"),
+    (lambda c, tied: _section_5_formula(c) + (0 if tied else c.vocab_size * c.n_embd),
+     "its n_embd weights; and bias=False removes the biases of every Linear"),
+    (_plus(lambda c, tied: c.vocab_size * c.n_embd if tied else 0), "count that matrix once"),
+    (_plus(lambda c, tied: 0 if tied else c.vocab_size), "the head has no bias"),
+    (_plus(lambda c, tied: c.block_size * c.n_embd if c.positions != "learned" else 0),
+     "sinusoidal positions are a fixed table"),
+    (_plus(_norm_biases), "removes the LayerNorms' biases too: each keeps only its n_embd weights "
+     "(for vocab 100, context 16, 2 layers, 32 wide, bias=False, learned positions, tied head "
+     "you said 28,608, the model has 28,448)"),
+    (_plus(_linear_biases), "removes the biases of every Linear layer"),
+    (_plus(lambda c, tied: 1), "the model has"),
+    (lambda c, tied: float(sol04.param_count(c, tied)), "return the count as an int, got float"),
 ])  # fmt: skip
-def test_param_count_rejects_typical_mistakes(attempt, feedback):
+def test_param_count_names_the_typical_mistakes(attempt, feedback):
     result = ex04.check_param_count(attempt)
     assert result.status == FAILED and feedback in result.message, result.message
 

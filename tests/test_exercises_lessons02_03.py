@@ -12,6 +12,60 @@ from course_lib.exercises import lesson02 as ex02
 from course_lib.exercises import lesson03 as ex03
 from course_lib.exercises.solutions import lesson02 as sol02
 from course_lib.exercises.solutions import lesson03 as sol03
+from course_lib.positional import sinusoidal_encoding
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+# --- Lesson 02, exercise 1: rotary position embedding --------------------------------------------
+
+
+def _rotated(x, positions, sign=1.0, two=True, halves=False, in_place=False):
+    """A learner's RoPE, right or with one slip: turned by -θ, the exponent without its 2, the
+    pairs (i, i + d/2), or written into x itself."""
+    d = x.shape[-1]
+    i = torch.arange(0, d, 2) if two else torch.arange(d // 2)
+    angle = positions[:, None].double() / 10000 ** (i.double() / d)  # (T, d / 2)
+    cos, sin = angle.cos().float(), sign * angle.sin().float()
+    a, b = (x[:, : d // 2], x[:, d // 2 :]) if halves else (x[:, 0::2], x[:, 1::2])
+    first, second = a * cos - b * sin, a * sin + b * cos
+    turned = torch.cat([first, second], -1) if halves else torch.stack([first, second], -1)
+    out = x if in_place else torch.empty_like(x)
+    out[:] = turned.flatten(-2) if not halves else turned
+    return out
+
+
+def test_rotate_pairs_accepts_solution_and_a_float64_version():
+    assert ex02.check_rotate_pairs(sol02.rotate_pairs).status == PASSED
+    assert ex02.check_rotate_pairs(_rotated).passed
+
+
+def test_rotate_pairs_stub_is_not_attempted_with_a_nudge(capsys):
+    result = ex02.check_rotate_pairs(stub)
+    assert result.status == NOT_ATTEMPTED and "cos" not in result.message
+    hint("lesson02", "rotate_pairs")
+    assert "a cos - b sin" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("attempt", "feedback"), [
+    (lambda x, p: _rotated(x, p, sign=-1.0), "the other way"),
+    (lambda x, p: _rotated(x, p, two=False), "missing its factor 2"),
+    (lambda x, p: _rotated(x, p, halves=True), "rotate half"),
+    (lambda x, p: x + sinusoidal_encoding(int(p.max()) + 1, x.shape[-1])[p], "adds the position"),
+    (lambda x, p: _rotated(x, torch.arange(len(p))), "use the positions given"),
+    (lambda x, p: _rotated(x, p, in_place=True), "changed its argument 'x' in place"),
+    (lambda x, p: _rotated(x, p)[:, :2], "a tensor of shape (6, 8), got shape (6, 2)"),
+    (lambda x, p: _rotated(x, p).numpy(), "got ndarray"),
+    (lambda x, p: _rotated(x, p) + 0.1, "differs from RoPE's"),
+])  # fmt: skip
+def test_rotate_pairs_rejects_typical_mistakes(attempt, feedback):
+    result = ex02.check_rotate_pairs(attempt)
+    assert result.status == FAILED and feedback in result.message, result.message
+
+
+# --- Lesson 02, exercise 2: dot products by offset ----------------------------------------------
 
 
 def test_dot_by_offset_reports_that_only_sinusoidal_pairs_depend_on_the_offset_alone(capsys):
@@ -31,10 +85,6 @@ def test_dot_by_offset_rejects_a_shortcut_that_assumes_the_sinusoidal_property()
 
 
 # --- Lesson 03, exercise 1: debug this attention -------------------------------------------------
-
-
-def stub(*args):
-    raise NotImplementedError
 
 
 def _given(scaled=False, leaky=True, dim=1, divided=False, after=False, inverted=False):

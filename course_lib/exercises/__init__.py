@@ -101,7 +101,8 @@ def expect_tensor(got: object, shape: tuple[int, ...], what: str) -> Tensor:
 
 def same(got: object, want: object, atol: float = 1e-5) -> bool:
     """``got`` equals ``want``: a tensor of the same shape, equal (bool, integers) or close
-    (floats); a tuple whose items are each ``same``; anything else equal (==)."""
+    (floats); a tuple whose items are each ``same``; a float within ``atol``; anything else
+    equal (==), a bool never standing for a number."""
     if isinstance(want, tuple):
         return (
             isinstance(got, tuple)
@@ -109,7 +110,11 @@ def same(got: object, want: object, atol: float = 1e-5) -> bool:
             and all(same(g, w, atol) for g, w in zip(got, want))
         )
     if not isinstance(want, Tensor):
-        return not isinstance(got, Tensor) and bool(got == want)
+        if isinstance(got, Tensor) or isinstance(got, bool) != isinstance(want, bool):
+            return False
+        if isinstance(want, float) and isinstance(got, int | float):
+            return abs(got - want) <= atol
+        return bool(got == want)
     if not isinstance(got, Tensor) or got.shape != want.shape:
         return False
     if want.dtype == torch.bool or not want.is_floating_point():

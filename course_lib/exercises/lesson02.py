@@ -1,35 +1,72 @@
-"""Checkers for the exercises of Lesson 02 (notebooks/02_embeddings_and_positions.ipynb)."""
+"""Checkers for the exercises of Lesson 02 (notebooks/02_embeddings_and_positions.ipynb).
+
+The right answers come from ``transformers`` (GPT-J's rotary embedding, whose pairs are
+neighbours (2i, 2i+1) as in the lesson), ``course_lib.positional`` and a matrix product; each
+typical mistake is a small function beside the message that names it.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from course_lib.exercises import call, checker
+from course_lib.exercises import call_on_copies, checker, expect_tensor, named_mistake
 from course_lib.positional import sinusoidal_encoding
 
-
-def _table(n: int, dim: int, base: float = 10000.0, two: bool = True) -> tuple:
-    """(angles, pairs) of the encoding, for building the typical wrong answers."""
-    i = torch.arange(0, dim, 2, dtype=torch.float64) if two else torch.arange(dim // 2)
-    angle = torch.arange(n, dtype=torch.float64)[:, None] * base ** (-i.double() / dim)
-    return torch.sin(angle), torch.cos(angle)
+# --- Exercise 1: rotary position embedding -----------------------------------------------------
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor, two: bool = True, sign: float = 1.0,
-            halves: bool = False) -> torch.Tensor:  # fmt: skip
-    """RoPE of x (T, d) at ``positions`` (T,), right or with a typical mistake switched on."""
-    d = x.shape[-1]
-    i = torch.arange(0, d, 2, dtype=torch.float64) if two else torch.arange(d // 2).double()
-    angle = positions.double()[:, None] / 10000.0 ** (i / d)  # (T, d/2)
-    cos, sin = angle.cos(), sign * angle.sin()
-    x = x.double()
-    a, b = (x[:, : d // 2], x[:, d // 2 :]) if halves else (x[:, 0::2], x[:, 1::2])
-    first, second = a * cos - b * sin, a * sin + b * cos
-    if halves:
-        return torch.cat([first, second], dim=-1).float()
-    return torch.stack([first, second], dim=-1).flatten(-2).float()
+def _sin_cos(positions: Tensor, d: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """GPT-J's sines and cosines at ``positions``, (T, d / 2) each: pair i turns at
+    10000^(-2i / width), ``width`` d unless a mistake changes it."""
+    from transformers.models.gptj.modeling_gptj import create_sinusoidal_positions
+
+    width = width or d
+    table = create_sinusoidal_positions(int(positions.max()) + 1, width)[positions]  # sin | cos
+    return table[:, : d // 2], table[:, width // 2 : width // 2 + d // 2]
 
 
+def _gptj(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """x (T, d) turned pair by pair, (2i, 2i+1), by GPT-J's rotary embedding."""
+    from transformers.models.gptj.modeling_gptj import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb(x[None, :, None], sin[None], cos[None])[0, :, 0]  # (B, T, H, d)
+
+
+def _rope(x: Tensor, positions: Tensor) -> Tensor:
+    return _gptj(x, *_sin_cos(positions, x.shape[-1]))
+
+
+def _the_other_way(x: Tensor, positions: Tensor) -> Tensor:
+    sin, cos = _sin_cos(positions, x.shape[-1])
+    return _gptj(x, -sin, cos)
+
+
+def _without_the_factor_2(x: Tensor, positions: Tensor) -> Tensor:
+    return _gptj(x, *_sin_cos(positions, x.shape[-1], width=2 * x.shape[-1]))
+
+
+def _rotate_half(x: Tensor, positions: Tensor) -> Tensor:
+    """LLaMA's layout in transformers: dimension i turns with i + d/2."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    sin, cos = (torch.cat([t, t], dim=-1)[None] for t in _sin_cos(positions, x.shape[-1]))
+    return apply_rotary_pos_emb(x[None, None], x[None, None], cos, sin)[0][0, 0]
+
+
+_ROPE_MISTAKES = {
+    _the_other_way: "that turns each pair the other way (by -θ): the pair (a, b) becomes "
+    "(a cos θ - b sin θ, a sin θ + b cos θ)",
+    _without_the_factor_2: "the exponent is missing its factor 2: pair i turns at "
+    "10000^(-2i/d), as in the sinusoidal table",
+    _rotate_half: "that pairs dimension i with i + d/2 (the 'rotate half' layout of GPT-NeoX and "
+    "of Hugging Face's LLaMA): valid, but here the pairs are neighbours (2i, 2i+1), as in "
+    "section 3",
+    lambda x, p: x + sinusoidal_encoding(int(p.max()) + 1, x.shape[-1])[p]: "that adds the "
+    "position's vector: RoPE rotates instead, which keeps every vector's length",
+    lambda x, p: _rope(x, torch.arange(len(p))): "that turns row t by the angles of position t: "
+    "use the positions given, which need not be 0, 1, 2, ...",
+}
 _ROPE_CASES = [(torch.arange(6), 8), (torch.tensor([0, 7, 3, 30, 100]), 16), (torch.tensor([5]), 4)]
 
 
@@ -47,36 +84,18 @@ def check_rotate_pairs(fn) -> str | None:
     g = torch.Generator().manual_seed(0)
     for positions, d in _ROPE_CASES:
         x = torch.randn(len(positions), d, generator=g)
-        got = call(fn, x.clone(), positions.clone())
-        want = _rotate(x, positions)
         where = f"(x of shape {tuple(x.shape)}, positions {positions.tolist()})"
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            return f"return the rotated vectors, shape {tuple(want.shape)}, got {shape} {where}"
-        got = got.detach().float()
-        if torch.allclose(got, want, atol=1e-4):
-            continue
-        pe = sinusoidal_encoding(int(positions.max()) + 1, d)[positions]
-        mistakes = {
-            "that turns each pair the other way (by -θ): the pair (a, b) becomes "
-            "(a cos θ - b sin θ, a sin θ + b cos θ)": _rotate(x, positions, sign=-1.0),
-            "the exponent is missing its factor 2: pair i turns at 10000^(-2i/d), as in the "
-            "sinusoidal table": _rotate(x, positions, two=False),
-            "that pairs dimension i with i + d/2 (the 'rotate half' layout of GPT-NeoX and of "
-            "Hugging Face's LLaMA): valid, but here the pairs are neighbours (2i, 2i+1), as in "
-            "section 3": _rotate(x, positions, halves=True),
-            "that adds the position's vector: RoPE rotates instead, which keeps every vector's "
-            "length": x + pe,
-            "that turns row t by the angles of position t: use the positions given, which need not "
-            "be 0, 1, 2, ...": _rotate(x, torch.arange(len(positions))),
-        }
-        for message, wrong in mistakes.items():
-            if torch.allclose(got, wrong, atol=1e-4):
-                return f"{message} {where}"
-        return f"your output differs from RoPE's by up to {(got - want).abs().max():.3g} {where}"
+        got = call_on_copies(fn, x, positions)
+        got = expect_tensor(got, x.shape, f"the rotated vectors {where}").detach().float()
+        want = _rope(x, positions)
+        if not torch.allclose(got, want, atol=1e-4):
+            mistake = named_mistake(got, _ROPE_MISTAKES, x, positions, atol=1e-4)
+            wrong = f"your output differs from RoPE's by up to {(got - want).abs().max():.3g}"
+            return f"{mistake or wrong} {where}"
     q, k = torch.randn(2, 1, 16, generator=g)
     starts = torch.tensor([0, 10, 50, 90])
-    rope = [float(call(fn, q, s[None]) @ call(fn, k, s[None] + 3).T) for s in starts]
+    rope = [float(call_on_copies(fn, q, s[None]) @ call_on_copies(fn, k, s[None] + 3).T)
+            for s in starts]  # fmt: skip
     pe = sinusoidal_encoding(100, 16)
     added = [float((q + pe[s]) @ (k + pe[s + 3]).T) for s in starts]
     print(f"q · k at distance 3, starting at positions {starts.tolist()}:")
@@ -87,13 +106,16 @@ def check_rotate_pairs(fn) -> str | None:
     return None
 
 
-def _tables() -> dict[str, torch.Tensor]:
+# --- Exercise 2: dot products by offset, an experiment -----------------------------------------
+
+
+def _tables() -> dict[str, Tensor]:
     """Three tables of 64 positions, for the experiment: sinusoidal, summed, learned."""
-    sin, cos = _table(64, 16)
+    pe = sinusoidal_encoding(64, 16)
     g = torch.Generator().manual_seed(0)
     return {
-        "sinusoidal (sin, cos)": sinusoidal_encoding(64, 16),
-        "summed sin + cos": (sin + cos).float(),  # (64, 8): one number per pair, Lesson 02's
+        "sinusoidal (sin, cos)": pe,
+        "summed sin + cos": pe[:, 0::2] + pe[:, 1::2],  # (64, 8): one number per pair
         "learned (untrained)": torch.randn(64, 16, generator=g),  # as nn.Embedding starts
     }
 
@@ -113,11 +135,9 @@ def check_dot_by_offset(fn) -> str | None:
     for name, pe in _tables().items():
         spread[name] = 0.0
         for k in range(6):
-            want = (pe[: len(pe) - k] * pe[k:]).sum(-1)
-            got = call(fn, pe.clone(), k)
-            if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                return f"for k = {k} return ({len(pe) - k},), one dot product per t, got {shape}"
+            want = torch.diagonal(pe @ pe.T, offset=k)  # row t, column t + k
+            got = call_on_copies(fn, pe, k)
+            got = expect_tensor(got, want.shape, f"one dot product per t (k = {k})")
             if not torch.allclose(got, want, atol=1e-4):
                 error = (got - want).abs().max()
                 return (

@@ -1,79 +1,127 @@
-"""Checkers for the exercises of Lesson 04 (notebooks/04_decoder_stack.ipynb)."""
+"""Checkers for the exercises of Lesson 04 (notebooks/04_decoder_stack.ipynb).
+
+The right answers come from ``course_lib.model``: the count from the model itself (built on the
+meta device), the blocks' outputs from a course ``Block``'s own parts. Each typical mistake is a
+small function beside the message that names it.
+"""
 
 from __future__ import annotations
 
-import torch
+import itertools
+from dataclasses import replace
 
-from course_lib.exercises import call, checker
+import torch
+from torch import Tensor, nn
+
+from course_lib.exercises import Feedback, call_on_copies, checker, expect_tensor, named_mistake
 from course_lib.model import GPT, Block, GPTConfig
+
+# --- Exercise 1: count the parameters of any configuration ------------------------------------
 
 _CONFIGS = [
     GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32),
-    GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256),
-    GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
-    GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256, bias=False),
-]
+    GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=False),
+    GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256,
+              positions="sinusoidal"),
+    GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, bias=False,
+              positions="sinusoidal"),
+]  # fmt: skip
 
 
-def _count(c: GPTConfig, lm_head: bool = False, biases: bool | None = None, norms: bool = True,
-           positions: bool = True, hidden: int = 4, norm_biases: bool | None = None,
-           ) -> int:  # fmt: skip
-    """GPT(c)'s parameter count, or a typical miscount of it; biases=None follows c.bias."""
-    C, H = c.n_embd, hidden * c.n_embd
-    biases = c.bias if biases is None else biases
-    norm_biases = c.bias if norm_biases is None else norm_biases
-    norm = (2 * C if norm_biases else C) if norms else 0  # a weight, and a bias if any
-    block = C * 3 * C + C * C + C * H + H * C + 2 * norm
-    if biases:
-        block += 3 * C + C + H + C
-    total = c.vocab_size * C + c.n_layer * block + norm
-    return total + (c.block_size * C if positions else 0) + (c.vocab_size * C if lm_head else 0)
+def _model(c: GPTConfig, tied: bool = True) -> GPT:
+    """GPT(c) on the meta device (shapes, no memory), its head untied when ``tied`` is False."""
+    with torch.device("meta"):
+        model = GPT(c)
+        if not tied:  # a matrix of its own instead of wte's
+            model.lm_head.weight = nn.Parameter(torch.empty_like(model.lm_head.weight))
+    return model
 
 
-_HINT = (
-    "Count one block (ln_1, c_attn, c_proj, ln_2, c_fc, c_proj), times n_layer, plus wte, wpe "
-    "and ln_f. A Linear(a, b) has a*b weights and b biases, a LayerNorm(C) C weights and C "
-    "biases; config.bias=False removes every bias, the LayerNorms' too."
-)
+def _count(c: GPTConfig, tied: bool = True) -> int:
+    return _model(c, tied).num_params()
 
 
-@checker("param_count", _HINT)
-def check_param_count(fn) -> str | None:
-    """Check ``fn(config) -> int``: the number of parameters of ``GPT(config)``."""
-    for c in _CONFIGS:
-        got = call(fn, c)
-        with torch.device("meta"):  # count without allocating 124M parameters
-            want = GPT(c).num_params()
-        if got == want:
-            continue
-        shape = (
-            f"(vocab {c.vocab_size}, context {c.block_size}, {c.n_layer} layers, {c.n_embd} wide"
-            f"{', bias=False' if not c.bias else ''})"
-        )
-        mistakes = {
-            "the output head shares its matrix with wte (weight tying): count it once":
-                _count(c, lm_head=True),
-            "biases are missing: each Linear(a, b) also has b biases": _count(c, biases=False),
-            "the LayerNorms are missing: ln_1, ln_2 in each block and ln_f, each with a weight "
-            "and a bias of n_embd": _count(c, norms=False),
-            "the position embeddings are missing: wpe has block_size x n_embd":
-                _count(c, positions=False),
-            "the MLP's hidden layer is 4 x n_embd wide, not n_embd": _count(c, hidden=1),
-            "config.bias=False removes every bias: the Linears have none, nor the LayerNorms":
-                _count(c, biases=True, norm_biases=True),
-            "config.bias=False removes the LayerNorms' biases too (nn.LayerNorm(C, bias=False) "
-            "has only its C weights)": _count(c, norm_biases=True),
-        }  # fmt: skip
-        for message, wrong in mistakes.items():
-            if got == wrong:
-                return f"{message} (for {shape} you said {got:,}, the model has {want:,})"
-        if not isinstance(got, int):
-            return f"return an int, got {type(got).__name__}"
-        return f"for {shape} the model has {want:,} parameters, you said {got:,}"
+def _biases(c: GPTConfig, of_norms: bool) -> int:
+    """How many biases the LayerNorms (or the Linear layers) have with ``bias=True``."""
+    named = _model(replace(c, bias=True)).named_parameters()
+    return sum(p.numel() for n, p in named if n.endswith(".bias") and ("ln_" in n) == of_norms)
+
+
+# Each mistake: what it adds to the true count (negative: what it leaves out), 0 where it
+# makes no difference. They add up, so the checker also names several made at once.
+_COUNT_MISTAKES = {
+    lambda c, tied: 0 if tied else -c.vocab_size * c.n_embd: "an untied head is a second "
+    "(vocab_size, n_embd) matrix: count it",
+    lambda c, tied: c.vocab_size * c.n_embd if tied else 0: "a tied head is the token table "
+    "itself: count that matrix once",
+    lambda c, tied: 0 if tied else c.vocab_size: "the head has no bias, tied or not: it is a "
+    "Linear(n_embd, vocab_size) without one",
+    lambda c, tied: c.block_size * c.n_embd if c.positions == "sinusoidal" else 0: "sinusoidal "
+    "positions are a fixed table, computed and never trained: no parameters",
+    lambda c, tied: 0 if c.bias else _biases(c, of_norms=True): "bias=False removes the "
+    "LayerNorms' biases too: each keeps only its n_embd weights",
+    lambda c, tied: 0 if c.bias else _biases(c, of_norms=False): "bias=False removes the "
+    "biases of every Linear layer",
+}
+
+
+def _described(c: GPTConfig, tied: bool) -> str:
+    return (
+        f"vocab {c.vocab_size}, context {c.block_size}, {c.n_layer} layers, {c.n_embd} wide, "
+        f"bias={c.bias}, {c.positions} positions, {'tied' if tied else 'untied'} head"
+    )
+
+
+def _named_counting_mistakes(got: int, c: GPTConfig, tied: bool) -> str | None:
+    """The fewest typical mistakes whose sum makes ``got``, named; None if none does."""
+    deltas = {msg: delta(c, tied) for delta, msg in _COUNT_MISTAKES.items()}
+    made = [msg for msg, d in deltas.items() if d]
+    for n in range(1, 4):
+        for combination in itertools.combinations(made, n):
+            if got == _count(c, tied) + sum(deltas[m] for m in combination):
+                return "; and ".join(combination)
     return None
 
 
-def _random_block() -> tuple[Block, torch.Tensor]:
+@checker(
+    "param_count",
+    "Walk through the model as section 4 builds it, one module after the other, and ask of each "
+    "what the configuration changes: is there a bias, is the position table learned, is the "
+    "head a matrix of its own?",
+    "Per block: c_attn (C -> 3C), attn.c_proj (C -> C), c_fc (C -> 4C), mlp.c_proj (4C -> C), "
+    "each with out_features biases if config.bias, and ln_1, ln_2 with C weights (+ C biases if "
+    "config.bias). Then wte (V x C), wpe (T x C) only if config.positions == 'learned', ln_f, "
+    "and V x C more (no bias) if not tied.",
+)
+def check_param_count(fn) -> str | None:
+    """Check ``fn(config, tied) -> int``: the number of parameters of ``GPT(config)``, its head
+    tied to the token table or a matrix of its own, against the model's own count. Then shows
+    what untying costs, and what sinusoidal positions save, in the course model and GPT-2 small."""
+    for c, tied in itertools.product(_CONFIGS, (True, False)):
+        got = call_on_copies(fn, c, tied)
+        if isinstance(got, bool) or not isinstance(got, int):
+            return f"return the count as an int, got {type(got).__name__}"
+        want = _count(c, tied)
+        if got != want:
+            mistakes = _named_counting_mistakes(got, c, tied)
+            numbers = f"for {_described(c, tied)} you said {got:,}, the model has {want:,}"
+            return f"{mistakes} ({numbers})" if mistakes else numbers
+    print("what the choices cost, counted by your function:")
+    for name, c in [("course model", GPTConfig.course()), ("GPT-2 small", GPTConfig.gpt2())]:
+        tied = call_on_copies(fn, c, True)
+        untie = call_on_copies(fn, c, False) - tied
+        saved = tied - call_on_copies(fn, replace(c, positions="sinusoidal"), True)
+        print(
+            f"  {name}: {tied:,} parameters; an untied head adds {untie:,} ({untie / tied:.0%}), "
+            f"sinusoidal positions save {saved:,} ({saved / tied:.1%})"
+        )
+    return None
+
+
+# --- Exercises 2 and 3: a block's parts in another order ---------------------------------------
+
+
+def _random_block() -> tuple[Block, Tensor]:
     """A block whose every weight (LayerNorms too) is random, so every mistake shows, and an
     input x (2, 5, 32); seeded."""
     torch.manual_seed(0)
@@ -83,27 +131,44 @@ def _random_block() -> tuple[Block, torch.Tensor]:
     return block, torch.randn(2, 5, 32)
 
 
-def _run(fn, block: Block, x: torch.Tensor) -> torch.Tensor | str:
-    """The learner's output (a returned pair unpacked), or what is wrong with its type or shape."""
+def _attn(block: Block, h: Tensor) -> Tensor:
+    return block.attn(h)[0]  # attn returns (output, weights or None)
+
+
+def _output(fn, block: Block, x: Tensor) -> Tensor:
+    """The learner's block output (a returned pair unpacked), checked for its shape."""
     try:
-        got = call(fn, block, x.clone())
+        got = call_on_copies(fn, block, x)
     except TypeError as err:
         if "tuple" not in str(err):
             raise
-        return f"block.attn returns a pair (output, weights): take its [0] ({err})"
+        raise Feedback(
+            f"block.attn returns a pair (output, weights): take its [0] ({err})"
+        ) from err
     got = got[0] if isinstance(got, tuple) else got
-    if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-        return f"return the block's output (B, T, C) = {tuple(x.shape)}, got {shape}"
-    return got
+    return expect_tensor(got, x.shape, "the block's output (B, T, C)")
 
 
-def _mistake(got: torch.Tensor, want: torch.Tensor, mistakes: dict[str, torch.Tensor]) -> str:
-    """The first typical mistake that gives ``got``, or by how much it is off."""
-    for message, wrong in mistakes.items():
-        if torch.allclose(got, wrong, atol=1e-5):
-            return message
-    return f"output differs from the expected one by up to {(got - want).abs().max():.3g}"
+def _differs(got: Tensor, want: Tensor, mistakes: dict, block: Block, x: Tensor) -> str:
+    wrong = f"output differs from the expected one by up to {(got - want).abs().max():.3g}"
+    return named_mistake(got, mistakes, block, x) or wrong
+
+
+def _parallel(block: Block, x: Tensor) -> Tensor:
+    n = block.ln_1(x)
+    return x + _attn(block, n) + block.mlp(n)
+
+
+_PARALLEL_MISTAKES = {
+    lambda b, x: b(x)[0]: "that is GPT-2's sequential block, where the MLP reads attention's "
+    "result: in the parallel block both branches read ln_1(x), the block's own input",
+    lambda b, x: x + _attn(b, b.ln_1(x)) + b.mlp(b.ln_2(x)): "GPT-J and PaLM normalise once: "
+    "the MLP reads ln_1(x) too, ln_2 is not used",
+    lambda b, x: _parallel(b, x) - x: "the residual is missing: add both branches' outputs to x",
+    lambda b, x: x + _attn(b, b.ln_1(x)): "the MLP branch is missing: add its output too",
+    lambda b, x: x + b.mlp(b.ln_1(x)): "the attention branch is missing: add its output too",
+    lambda b, x: x + _attn(b, x) + b.mlp(x): "the branches read x unnormalised: both read ln_1(x)",
+}
 
 
 @checker(
@@ -117,24 +182,27 @@ def check_parallel_forward(fn) -> str | None:
     """Check ``fn(block, x) -> (B, T, C)``: a course Block's parts run as a parallel block."""
     block, x = _random_block()
     with torch.no_grad():
-        got = _run(fn, block, x)
-        if isinstance(got, str):
-            return got
-        a, n = (lambda h: block.attn(h)[0]), block.ln_1(x)
-        want = x + a(n) + block.mlp(n)
-        if torch.allclose(got, want, atol=1e-5):
-            return None
-        mistakes = {
-            "that is GPT-2's sequential block, where the MLP reads attention's result: in the "
-            "parallel block both branches read ln_1(x), the block's own input": block(x)[0],
-            "GPT-J and PaLM normalise once: the MLP reads ln_1(x) too, ln_2 is not used":
-                x + a(n) + block.mlp(block.ln_2(x)),
-            "the residual is missing: add both branches' outputs to x": a(n) + block.mlp(n),
-            "the MLP branch is missing: add its output too": x + a(n),
-            "the attention branch is missing: add its output too": x + block.mlp(n),
-            "the branches read x unnormalised: both read ln_1(x)": x + a(x) + block.mlp(x),
-        }  # fmt: skip
-        return _mistake(got, want, mistakes)
+        got, want = _output(fn, block, x), _parallel(block, x)
+        if not torch.allclose(got, want, atol=1e-5):
+            return _differs(got, want, _PARALLEL_MISTAKES, block, x)
+    return None
+
+
+def _no_residual(block: Block, x: Tensor) -> Tensor:
+    return block.mlp(block.ln_2(_attn(block, block.ln_1(x))))
+
+
+_NO_RESIDUAL_MISTAKES = {
+    lambda b, x: b(x)[0]: "that is the normal pre-norm block, with both residual connections: "
+    "drop them, so that each sublayer's output replaces its input",
+    lambda b, x: b.mlp(b.ln_2(x + _attn(b, b.ln_1(x)))): "the attention step still adds to x: "
+    "drop its residual too",
+    lambda b, x: (h := _attn(b, b.ln_1(x))) + b.mlp(b.ln_2(h)): "the MLP step still adds to its "
+    "input: drop its residual too",
+    lambda b, x: b.mlp(_attn(b, x)): "keep the LayerNorms: only the residual connections go",
+    lambda b, x: b.mlp(b.ln_2(x)): "the MLP must read the attention step's output, not the "
+    "block's input x",
+}
 
 
 def _stack(forward) -> tuple[float | None, float]:
@@ -175,26 +243,9 @@ def check_no_residual(fn) -> str | None:
     first block than in the pre-norm stack, and every position ends up the same vector."""
     block, x = _random_block()
     with torch.no_grad():
-        got = _run(fn, block, x)
-        if isinstance(got, str):
-            return got
-        a = lambda h: block.attn(h)[0]  # noqa: E731
-        h = a(block.ln_1(x))
-        want = block.mlp(block.ln_2(h))
+        got, want = _output(fn, block, x), _no_residual(block, x)
         if not torch.allclose(got, want, atol=1e-5):
-            kept = x + a(block.ln_1(x))
-            mistakes = {
-                "that is the normal pre-norm block, with both residual connections: drop them, "
-                "so that each sublayer's output replaces its input": block(x)[0],
-                "the attention step still adds to x: drop its residual too":
-                    block.mlp(block.ln_2(kept)),
-                "the MLP step still adds to its input: drop its residual too":
-                    h + block.mlp(block.ln_2(h)),
-                "keep the LayerNorms: only the residual connections go": block.mlp(a(x)),
-                "the MLP must read the attention step's output, not the block's input x":
-                    block.mlp(block.ln_2(x)),
-            }  # fmt: skip
-            return _mistake(got, want, mistakes)
+            return _differs(got, want, _NO_RESIDUAL_MISTAKES, block, x)
     (plain, plain_alike), (pre, pre_alike) = _stack(fn), _stack(lambda block, x: block(x))
     if plain is None:
         return "no gradient reached the first block's weights: compute with autograd on"

@@ -1,265 +1,349 @@
-"""Checkers for the exercises of Lesson 05 (notebooks/05_pretraining.ipynb)."""
+"""Checkers for the exercises of Lesson 05 (notebooks/05_pretraining.ipynb).
+
+The right answers come from PyTorch: one step on the whole batch for gradient accumulation,
+``F.cross_entropy`` for the loss. Each typical mistake is a small function (or, for the
+accumulation loop, one line of it) beside the message that names it.
+"""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
-from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from course_lib.exercises import call, checker
-from course_lib.optim import lr_at
-
-# (max_lr, min_lr, warmup_steps, max_steps), each checked at every step from 0 to past the end:
-# the first warm-up step, the peak, the cosine, and training on after max_steps.
-_SCHEDULES = [
-    (1.0, 0.1, 4, 12),
-    (6e-4, 6e-5, 10, 100),
-    (3e-4, 3e-5, 0, 50),  # no warm-up: step 0 starts at max_lr
-    (1e-3, 0.0, 1, 7),  # one warm-up step, a floor of 0
-]
-
-
-def _same(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-
-
-def _decay(step: int, max_lr: float, min_lr: float, warmup: int, max_steps: int,
-           from_zero: bool = False, floor: bool = True, cosine: bool = True) -> float:  # fmt: skip
-    """The decay part of the schedule, right or with the typical mistakes switched on."""
-    p = step / max_steps if from_zero else (step - warmup) / (max_steps - warmup)
-    low = min_lr if floor else 0.0
-    shape = 0.5 * (1.0 + math.cos(math.pi * p)) if cosine else 1.0 - p
-    return low + (max_lr - low) * shape
-
-
-_WARMUP_FROM_ZERO = (
-    "the warm-up starts at 0: step 0 already updates the weights, so an lr of 0 wastes it; use "
-    "max_lr * (step + 1) / warmup_steps, which starts at max_lr / warmup_steps and reaches max_lr "
-    "at step warmup_steps - 1"
+from course_lib.data import get_batch
+from course_lib.exercises import (
+    Feedback,
+    NotAttempted,
+    call_on_copies,
+    checker,
+    describe,
+    expect_tensor,
+    named_mistake,
+    same,
 )
-_NO_WARMUP = (
-    "the warm-up is missing: for step < warmup_steps the rate climbs linearly, "
-    "max_lr * (step + 1) / warmup_steps, before the cosine starts"
-)
-_DECAY_MISTAKES = {
-    "from_zero": (
-        "the cosine's progress is measured from step 0: measure it from the end of the warm-up, "
-        "p = (step - warmup_steps) / (max_steps - warmup_steps), so the decay starts at max_lr "
-        "right after the warm-up"
-    ),
-    "floor": (
-        "it decays to 0 instead of min_lr: lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2 "
-        "ends at min_lr"
-    ),
-    "cosine": (
-        "that decay is linear: use half a cosine, (1 + cos(pi * p)) / 2, which falls from 1 to 0 "
-        "as p goes from 0 to 1, slowly at both ends"
-    ),
+from course_lib.model import GPT, GPTConfig
+
+# --- Exercise 1: debug this gradient accumulation ---------------------------------------------
+
+_MICRO = 4  # micro-batches of 2 windows, in batches of 8
+
+
+def _tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+
+
+def _batches() -> list[tuple[Tensor, Tensor]]:
+    """Two batches (x, y) of 8 windows of a random token stream: two updates in a row."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(64, (1000,), generator=g)
+    return [get_batch(tokens, 8, 16, g) for _ in range(2)]
+
+
+def _grads(model: nn.Module) -> Tensor:
+    """Every parameter's gradient, one flat vector (0 where there is none)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in model.parameters()])  # fmt: skip
+
+
+def _clipped(g: Tensor, max_norm: float) -> Tensor:
+    """The gradient ``g`` (a flat vector) as torch's clipping leaves it."""
+    p = torch.zeros_like(g, requires_grad=True)
+    p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_([p], max_norm)
+    return p.grad
+
+
+def _whole_batch(model: nn.Module, x: Tensor, y: Tensor, clip: float) -> tuple[Tensor, float]:
+    """The clipped gradient and the loss of one step on the whole batch: the right answer."""
+    net = copy.deepcopy(model)
+    net.zero_grad(set_to_none=True)
+    loss = net(x, y).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    return _grads(net), loss.item()
+
+
+def _per_micro_batch(model: nn.Module, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[float]]:
+    """Each micro-batch's own gradient and loss (its mean over its tokens)."""
+    net, grads, losses = copy.deepcopy(model), [], []
+    for xm, ym in zip(x.chunk(_MICRO), y.chunk(_MICRO)):
+        net.zero_grad(set_to_none=True)
+        loss = net(xm, ym).loss
+        loss.backward()
+        grads.append(_grads(net))
+        losses.append(loss.item())
+    return grads, losses
+
+
+class _Update(NamedTuple):
+    at_steps: list[Tensor]  # the gradients each time the optimizer stepped during the call
+    before: Tensor  # the gradients before the call
+    grads: list[Tensor]  # each micro-batch's own gradient
+    losses: list[float]  # and loss
+    want: Tensor  # the clipped gradient of one step on the whole batch
+    want_loss: float  # and its loss
+    returned: object  # what the learner's function returned
+    clip: float
+
+
+def _two_updates(fn, clip: float) -> list[_Update]:
+    """Two updates in a row by ``fn`` on a fresh model (SGD, so every step counts alike)."""
+    model = _tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    at_steps: list[Tensor] = []
+    optimizer.register_step_pre_hook(lambda *_: at_steps.append(_grads(model)))
+    updates = []
+    for x, y in _batches():
+        before, n = _grads(model), len(at_steps)
+        grads, losses = _per_micro_batch(model, x, y)
+        want, want_loss = _whole_batch(model, x, y, clip)
+        returned = call_on_copies(fn, model, optimizer, x, y, _MICRO, clip)
+        updates.append(
+            _Update(at_steps[n:], before, grads, losses, want, want_loss, returned, clip)
+        )
+    return updates
+
+
+# Each bug is one line of the loop: what it leaves in the gradients when the optimizer steps,
+# given each micro-batch's gradient, what the gradients held before the call, and grad_clip.
+def _at_the_step(grads: list[Tensor], before: Tensor, clip: float, bugs: tuple[str, ...]) -> Tensor:
+    total = before if "stale" in bugs else torch.zeros_like(before)
+    for g in grads:
+        if "zero_each" in bugs:
+            total = torch.zeros_like(total)
+        total = total + (g if "undivided" in bugs else g / len(grads))
+        if "clip_each" in bugs:
+            total = _clipped(total, clip)
+    return total if "unclipped" in bugs else _clipped(total, clip)
+
+
+_BUGS = {  # the three bugs of the function as given
+    "stale": "nothing empties the gradients between updates: the last batch's are still there, "
+    "and this batch's add to them. Empty them once per update, before the first micro-batch "
+    "(or after the step)",
+    "undivided": "each micro-batch adds the gradient of its own mean loss, so their sum is "
+    "micro_batches times the gradient of the batch's mean loss: divide each micro-batch's loss "
+    "by their number",
+    "clip_each": "the gradient is clipped after each micro-batch, while it is still a partial "
+    "sum: clip once, the whole batch's gradient, just before the step",
+}
+_WRONG_FIXES = {
+    "zero_each": "the gradients are emptied inside the loop: each micro-batch wipes out the ones "
+    "before it, and only the last one's reaches the update",
+    "unclipped": "the gradient is no longer clipped: clip the whole batch's gradient to "
+    "grad_clip, once, before the step",
+}
+_LOSS_MISTAKES = {
+    lambda losses: sum(losses): "the loss it returns is the sum of the micro-batches' mean "
+    "losses, micro_batches times the batch's: return their mean",
+    lambda losses: losses[-1]: "the loss it returns is the last micro-batch's only: return the "
+    "mean over the whole batch",
+    lambda losses: sum(losses) / len(losses) ** 2: "the loss it returns is divided by the number "
+    "of micro-batches twice",
 }
 
 
-def _warmup_problem(steps, got, max_lr, min_lr, warmup, max_steps) -> str | None:
-    """Name the mistake in the warm-up steps ``steps`` (``got``: the learner's rates there)."""
-
-    def like(wrong: Callable[[int], float]) -> bool:
-        return all(_same(g, wrong(s)) for s, g in zip(steps, got))
-
-    if like(lambda s: max_lr * s / warmup):
-        return _WARMUP_FROM_ZERO
-    forgot = [
-        lambda s: max_lr,
-        lambda s: _decay(s, max_lr, min_lr, warmup, max_steps, from_zero=True),
-        lambda s: _decay(s, max_lr, min_lr, warmup, max_steps),  # p < 0: cos(pi * p) < 1
-    ]
-    if any(like(wrong) for wrong in forgot):
-        return _NO_WARMUP
+def _bugs_that_fit(updates: list[_Update]) -> tuple[str, ...] | None:
+    """The fewest bugs and wrong fixes that give the gradient at every update, or None."""
+    names = (*_BUGS, *_WRONG_FIXES)
+    for n in range(len(names) + 1):
+        for bugs in itertools.combinations(names, n):
+            if all(_close(u.at_steps[0], _at_the_step(u.grads, u.before, u.clip, bugs))
+                   for u in updates):  # fmt: skip
+                return bugs
     return None
 
 
-def _decay_problem(steps, got, max_lr, min_lr, warmup, max_steps) -> str | None:
-    """Name the mistakes in the decay steps ``steps`` (any mix of the three typical ones)."""
-    for from_zero in (False, True):
-        for floor in (True, False):
-            for cosine in (True, False):
-                if all(
-                    _same(g, _decay(s, max_lr, min_lr, warmup, max_steps, from_zero, floor, cosine))
-                    for s, g in zip(steps, got)
-                ):
-                    wrong = {"from_zero": from_zero, "floor": not floor, "cosine": not cosine}
-                    named = [_DECAY_MISTAKES[k] for k, on in wrong.items() if on]
-                    if named:
-                        return "; and ".join(named)
-    return None
+def _close(got: Tensor, want: Tensor) -> bool:
+    return bool((got - want).norm() <= 1e-4 * want.norm() + 1e-9)
 
 
-def _after_problem(got: float, min_lr: float) -> str:
-    """What is wrong with a rate ``got`` (not min_lr) after max_steps."""
-    if got == 0.0:
-        return "after max_steps the rate stays at min_lr, it does not drop to 0"
-    if got > min_lr:
-        return (
-            "after max_steps the rate must stay flat at min_lr, but yours rises again (the cosine "
-            "turns back up once p passes 1): return min_lr for step >= max_steps"
-        )
-    return (
-        "after max_steps the rate must stay flat at min_lr, but yours goes below it: "
-        "return min_lr for step >= max_steps"
-    )
+def _returned_loss(got: object, losses: list[float], want: float) -> str | None:
+    """What is wrong with the loss the function returned (None: the batch's mean loss)."""
+    if isinstance(got, Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, int | float):
+        return f"return the batch's mean loss, a float, got {describe(got)}"
+    if same(float(got), want, atol=1e-4):
+        return None
+    mistake = named_mistake(float(got), _LOSS_MISTAKES, losses, atol=1e-4)
+    return mistake or f"the batch's mean loss is {want:.4f}, your function returned {got:.4f}"
 
 
-_LR_HINT = (
-    "Three cases: step < warmup_steps climbs linearly to max_lr (max_lr / warmup_steps at step 0); "
-    "step >= max_steps stays at min_lr; in between, half a cosine from max_lr down to min_lr with "
-    "p = (step - warmup_steps) / (max_steps - warmup_steps)."
+@checker(
+    "accumulated_step",
+    "This is the function as given, with its three bugs. Follow one weight's gradient through "
+    "a call, and through two calls in a row: what does it hold when the optimizer steps, and "
+    "what should it hold? (The gradient of the whole batch's mean loss, clipped.)",
+    "Three changes: optimizer.zero_grad() once, before the loop (not inside it); "
+    "(loss / micro_batches).backward(); and clip_grad_norm_ once, after the loop, just before "
+    "optimizer.step().",
 )
-
-
-@checker("lr_schedule", _LR_HINT)
-def check_lr_schedule(fn) -> str | None:
-    """Check ``fn(step, max_lr, min_lr, warmup_steps, max_steps) -> float``: ``train.lr_at``."""
-    for max_lr, min_lr, warmup, max_steps in _SCHEDULES:
-        args = (max_lr, min_lr, warmup, max_steps)
-        where = f"max_lr={max_lr}, min_lr={min_lr}, warmup_steps={warmup}, max_steps={max_steps}"
-        steps = range(max_steps + max_steps // 2 + 3)
-        got = []
-        for step in steps:
-            try:
-                lr = call(fn, step, *args)
-            except ZeroDivisionError:
-                if warmup == 0:
-                    return (
-                        f"for {where} your function divided by zero: with no warm-up there is "
-                        "nothing to climb and step 0 starts the cosine at max_lr "
-                        "(the warm-up branch is for step < warmup_steps only)"
-                    )
-                raise
-            if isinstance(lr, torch.Tensor):
-                return "return a float (use math.cos, not torch.cos), got a Tensor"
-            if isinstance(lr, bool) or not isinstance(lr, float | int):
-                return f"return a float, got {type(lr).__name__}"
-            got.append(float(lr))
-        want = [lr_at(s, *args) for s in steps]
-        bad = next((s for s in steps if not _same(got[s], want[s])), None)
-        if bad is None:
-            continue
-        what = ""
-        if bad == 0 and warmup > 0:
-            what = ", the first warm-up step"
-        elif bad == warmup - 1:
-            what = ", the last warm-up step (the peak)"
-        elif bad == warmup:
-            what = ", the first step of the cosine"
-        elif bad >= max_steps:
-            what = ", once step >= max_steps"
-        if bad < warmup:
-            part = list(range(warmup))
-            problem = _warmup_problem(part, [got[s] for s in part], *args)
-        elif bad < max_steps:
-            part = list(range(warmup, max_steps))
-            problem = _decay_problem(part, [got[s] for s in part], *args)
-        else:
-            problem = _after_problem(got[bad], min_lr)
-        numbers = f"expected {want[bad]:.6g}, got {got[bad]:.6g}"
+def check_accumulated_step(fn) -> str | None:
+    """Check ``fn(model, optimizer, x, y, micro_batches, grad_clip) -> float``: one update from
+    the batch (x, y) read in micro-batches, the learner's repair of a function with three bugs
+    (the gradients never emptied, the losses not divided, the partial sums clipped). Two updates
+    in a row, with the clipping out of play and in play, each compared with one step on the
+    whole batch; then the experiment: which optimizer shows the undivided loss."""
+    updates = [u for clip in (math.inf, 0.05) for u in _two_updates(fn, clip)]
+    for u in updates:
+        if len(u.at_steps) != 1:
+            raise Feedback(
+                f"the optimizer stepped {len(u.at_steps)} times for one batch: step once, after "
+                f"every micro-batch has added its gradient"
+            )
+    if all(
+        _close(u.at_steps[0], _at_the_step(u.grads, u.before, u.clip, tuple(_BUGS)))
+        and same(u.returned, sum(u.losses), atol=1e-4)
+        for u in updates
+    ):
+        raise NotAttempted
+    bugs = _bugs_that_fit(updates)
+    if bugs:
+        return "; and ".join({**_BUGS, **_WRONG_FIXES}[b] for b in bugs)
+    for u in updates:
+        got = u.at_steps[0]
+        if not _close(got, u.want):
+            return (
+                f"the gradient at the step is off that of one step on the whole batch by "
+                f"{(got - u.want).norm() / u.want.norm():.0%} of its length (grad_clip = {u.clip})"
+            )
+        problem = _returned_loss(u.returned, u.losses, u.want_loss)
         if problem:
-            return f"{problem} (for {where}, at step {bad}{what}: {numbers})"
-        return f"for {where}, at step {bad}{what}: {numbers}"
+            return problem
+    print(_experiment(fn))
     return None
 
 
-def _batch(seed: int, B: int, T: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, V, generator=g) * 2, torch.randint(0, V, (B, T), generator=g)
+class _Undivided(nn.Module):
+    """A model whose loss is micro_batches times its own: a correct accumulation run on it takes
+    the step of a loss not divided."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, y: Tensor):
+        out = self.model(x, y)
+        return out._replace(loss=out.loss * _MICRO)
 
 
-def _loss_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The typical wrong losses for one batch, each with what went wrong."""
-    x = logits.double()
-    at = targets.unsqueeze(-1)
-    logp = x.log_softmax(-1)
-    nll = -logp.gather(-1, at).squeeze(-1)  # (B, T)
-    shifted = -logp[:, :-1].gather(-1, targets[:, 1:].unsqueeze(-1))
-    prob = x.softmax(-1).gather(-1, at)
-    n = targets.numel()
-    not_prob = (
-        "that uses the probability of the target, not its log-probability: the loss is "
-        "-log p(target), so take log_softmax, not softmax"
+def _experiment(fn) -> str:
+    """How far the step of a loss not divided lands from the right one, for two optimizers."""
+    (x, y), _ = _batches()
+    off = {}
+    for name, make, clip in [
+        ("AdamW, clipped at 1.0 (the course's)", lambda m: torch.optim.AdamW(m.parameters()), 1.0),
+        ("SGD, not clipped", lambda m: torch.optim.SGD(m.parameters(), lr=0.1), math.inf),
+    ]:
+        moved = []
+        for wrap in (lambda m: m, _Undivided):
+            model = _tiny()
+            start = torch.cat([p.detach().flatten() for p in model.parameters()])
+            fn(wrap(model), make(model), x.clone(), y.clone(), _MICRO, clip)
+            moved.append(torch.cat([p.detach().flatten() for p in model.parameters()]) - start)
+        off[name] = ((moved[1] - moved[0]).norm() / moved[0].norm()).item()
+    adamw, sgd = off.values()
+    if not (adamw < 1e-3 and abs(sgd - (_MICRO - 1)) < 1e-3):
+        raise Feedback("the experiment did not come out as expected: please report a course bug")
+    return (
+        f"the step of a loss not divided by the {_MICRO} micro-batches, off the right one by "
+        + ", ".join(f"{v:.1%} with {k}" for k, v in off.items())
+        + ". Clipping scales any gradient longer than the limit down to it, and AdamW divides "
+        "each step by the gradient's own running size: both undo a constant factor. The bug "
+        "hides from the weights, and shows in the loss you log."
     )
-    return [
-        (f"that is the sum over the tokens: take the mean, so the loss is per token and does not "
-         f"grow with the batch (B * T = {n} tokens here)", nll.sum()),
-        ("that is the sum over each sequence, averaged over the batch: average over all B * T "
-         "tokens", nll.sum(-1).mean()),
-        ("that is in bits (log2): the loss is in nats, with the natural log of log_softmax",
-         nll.mean() / math.log(2)),
-        ("that is minus the raw logit at the target: normalise first, log_softmax(logits, dim=-1) "
-         "turns the scores into log-probabilities", -x.gather(-1, at).mean()),
-        (not_prob, -prob.mean()),
-        (not_prob, prob.mean()),
-        ("the minus sign is missing: that is the mean log-likelihood (negative); the loss is "
-         "its negative, -log p(target)", -nll.mean()),
-        ("that is the loss of the model's most likely token (the argmax), not of the target: "
-         "pick log p at the targets, with gather(-1, targets.unsqueeze(-1))",
-         -logp.max(-1).values.mean()),
-        ("the targets are shifted again: the batch's y is already x shifted by one, so "
-         "logits[:, t] is scored against targets[:, t], not targets[:, t + 1]", shifted.mean()),
-    ]  # fmt: skip
 
 
-_LOSS_HINT = (
-    "Take log_softmax(logits, dim=-1), pick each token's target with "
-    ".gather(-1, targets.unsqueeze(-1)), and return minus the mean."
+# --- Exercise 2: the loss of a batch -----------------------------------------------------------
+
+
+def _nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B, T): each position's loss, -log p(target), from torch's own cross-entropy."""
+    return F.cross_entropy(logits.double().transpose(1, 2), targets, reduction="none")
+
+
+_LOSS_OF_BATCH_MISTAKES = {
+    lambda lg, t: _nll(lg, t).sum(): "that is the sum over the tokens: take the mean, so the "
+    "loss is per token and does not grow with the batch",
+    lambda lg, t: _nll(lg, t).sum(-1).mean(): "that is the sum over each sequence, averaged over "
+    "the batch: average over all B * T tokens",
+    lambda lg, t: _nll(lg, t).mean() / math.log(2): "that is in bits (log2): the loss is in "
+    "nats, with the natural log",
+    lambda lg, t: -lg.double().gather(-1, t[..., None]).mean(): "that is minus the raw logit "
+    "at the target: turn the scores into log-probabilities first",
+    lambda lg, t: -(-_nll(lg, t)).exp().mean(): "that uses the probability of the target, not "
+    "its log-probability: the loss is -log p(target)",
+    lambda lg, t: (-_nll(lg, t)).exp().mean(): "that uses the probability of the target, not "
+    "its log-probability: the loss is -log p(target)",
+    lambda lg, t: -_nll(lg, t).mean(): "the minus sign is missing: that is the mean "
+    "log-likelihood (negative); the loss is its negative, -log p(target)",
+    lambda lg, t: _nll(lg, lg.argmax(-1)).mean(): "that is the loss of the model's most likely "
+    "token (the argmax), not of the target",
+    lambda lg, t: _nll(lg[:, :-1], t[:, 1:]).mean(): "the targets are shifted again: the "
+    "batch's y is already x shifted by one, so position t is scored against targets[:, t]",
+}
+_OVERFLOW = (
+    "for logits of size about 100, a model that is very sure, your loss is {got}: in float32, "
+    "e^x overflows to inf beyond x = 88, and a probability below 1e-45 becomes 0, whose log is "
+    "-inf. Compute the log-probabilities from the logits directly, after subtracting each "
+    "row's largest logit, never the probabilities first"
 )
 
 
 @checker(
     "batch_loss",
     "At each position, the loss is minus the log of the probability the model gave the true "
-    "next token; average it over every position of the batch.",
-    _LOSS_HINT,
+    "next token; average it over every position of the batch. The checker also tries a model "
+    "that is very sure of itself, with logits of size 100.",
+    "Take log_softmax(logits, dim=-1) (it subtracts the largest logit for you), pick each "
+    "token's target with .gather(-1, targets.unsqueeze(-1)), and return minus the mean.",
 )
 def check_batch_loss(fn) -> str | None:
-    """Check ``fn(logits (B, T, V), targets (B, T)) -> scalar``: the mean cross-entropy in nats."""
-    for seed, (B, T, V) in enumerate([(2, 3, 5), (4, 7, 11)]):
-        logits, targets = _batch(seed, B, T, V)
-        want = float(F.cross_entropy(logits.view(-1, V), targets.view(-1)))
-        got = call(fn, logits.clone(), targets.clone())
-        if isinstance(got, torch.Tensor):
-            shape = tuple(got.shape)
-            if shape in [(B, T), (B * T,)]:
-                return (
-                    f"that is the loss of every token, shape {shape}: take the mean over all "
-                    f"B * T = {B * T} tokens, so the loss is one number, a 0-d tensor (shape ())"
-                )
-            if shape != ():
-                return (
-                    f"for logits {(B, T, V)} return one number, a 0-d tensor (shape ()) or a "
-                    f"float, got a tensor of shape {shape}"
-                )
-            got = float(got.detach())
-        elif isinstance(got, bool) or not isinstance(got, float | int):
-            return f"return the loss as a 0-d tensor (or a float), got {type(got).__name__}"
-        if math.isclose(got, want, rel_tol=0, abs_tol=1e-5):
-            continue
-        for message, wrong in _loss_mistakes(logits, targets):
-            if math.isclose(got, float(wrong), rel_tol=1e-5, abs_tol=1e-5):
-                return f"{message} (for logits {(B, T, V)}: expected {want:.5f}, got {got:.5f})"
-        return f"for logits {(B, T, V)} the loss is {want:.5f} nats per token, got {got:.5f}"
+    """Check ``fn(logits (B, T, V), targets (B, T)) -> scalar``: the mean cross-entropy in
+    nats, against ``F.cross_entropy``, also for the large logits of a model that is very sure."""
+    for seed, (B, T, V, scale) in enumerate([(2, 3, 5, 2), (4, 7, 11, 2), (3, 5, 11, 100)]):
+        g = torch.Generator().manual_seed(seed)
+        logits = torch.randn(B, T, V, generator=g) * scale
+        targets = torch.randint(V, (B, T), generator=g)
+        where = f"(for logits {(B, T, V)}{' of size about 100' if scale > 2 else ''})"
+        want = F.cross_entropy(logits.view(-1, V), targets.view(-1)).double()
+        got = call_on_copies(fn, logits, targets)
+        if isinstance(got, Tensor) and got.shape in [(B, T), (B * T,)]:
+            return (
+                f"that is the loss of every token, shape {tuple(got.shape)}: take the mean over "
+                f"all B * T = {B * T} tokens, one number, a 0-d tensor (shape ())"
+            )
+        if isinstance(got, int | float) and not isinstance(got, bool):
+            got = torch.tensor(float(got))
+        got = expect_tensor(got, (), f"one number, the mean loss {where}").detach().double()
+        if not torch.isfinite(got):
+            return _OVERFLOW.format(got=got.item())
+        if not same(got, want, atol=1e-4):
+            mistake = named_mistake(got, _LOSS_OF_BATCH_MISTAKES, logits, targets, atol=1e-4)
+            wrong = f"the loss is {want:.5f} nats per token"
+            return f"{mistake or wrong} {where}: expected {want:.5f}, got {got:.5f}"
     return None
 
 
-def _dropout_problem(x: torch.Tensor, out: object, p: float) -> str | None:
+# --- Exercise 3: dropout, an experiment --------------------------------------------------------
+
+
+def _dropout_problem(x: Tensor, out: Tensor, p: float) -> str | None:
     """What is wrong with ``out``, the learner's dropout of ``x`` at rate ``p`` (None: right)."""
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return f"return a tensor shaped like x, {tuple(x.shape)}, got {shape}"
     zeroed = out == 0
     survivors = out[~zeroed] / x[~zeroed]  # x has no zeros: each survivor is x * scale
-    if not torch.allclose(survivors, torch.ones_like(survivors), rtol=1e-5) and not (
-        torch.allclose(survivors, torch.full_like(survivors, 1 / (1 - p)), rtol=1e-5)
+    if not same(survivors, torch.ones_like(survivors)) and not same(
+        survivors, torch.full_like(survivors, 1 / (1 - p))
     ):
-        if torch.allclose(survivors, torch.full_like(survivors, 1 - p), rtol=1e-5):
+        if same(survivors, torch.full_like(survivors, 1 - p)):
             return (
                 f"the survivors are multiplied by 1 - p = {1 - p:g}: that is what the original "
                 "dropout did at evaluation; here they are divided by 1 - p"
@@ -273,7 +357,7 @@ def _dropout_problem(x: torch.Tensor, out: object, p: float) -> str | None:
         )
     if abs(rate - p) > 0.02:
         return f"{rate:.1%} of the elements are zeroed at p = {p:g}: expected about {p:.0%}"
-    if p > 0 and torch.allclose(survivors, torch.ones_like(survivors), rtol=1e-5):
+    if p > 0 and same(survivors, torch.ones_like(survivors)):
         return (
             "the survivors are not rescaled: divide them by 1 - p, so that each element's "
             f"average over many masks stays what it was (here it would shrink to {1 - p:g} x)"
@@ -295,19 +379,15 @@ def check_dropout(fn) -> str | None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(200, 500, generator=g) + 0.5  # no zeros, so a zero in the output is a drop
     for p in (0.1, 0.3, 0.6):
-        original = x.clone()
-        out = call(fn, x, p, torch.Generator().manual_seed(1))
-        if not torch.equal(x, original):
-            return "your function changed x in place: return a new tensor"
-        problem = _dropout_problem(x, out, p)
+        out = call_on_copies(fn, x, p, torch.Generator().manual_seed(1))
+        problem = _dropout_problem(x, expect_tensor(out, x.shape, "x, dropped out"), p)
         if problem:
             return problem
-    same = call(fn, x, 0.0, torch.Generator().manual_seed(1))
-    if not torch.equal(same, x):
+    if not torch.equal(call_on_copies(fn, x, 0.0, torch.Generator().manual_seed(1)), x):
         return "at p = 0 nothing is dropped: the output must equal x"
     one = x[0, :5]  # the experiment: five elements, each through 20,000 masks at p = 0.3
     draws = torch.stack(
-        [call(fn, one, 0.3, torch.Generator().manual_seed(s)) for s in range(20_000)]
+        [call_on_copies(fn, one, 0.3, torch.Generator().manual_seed(s)) for s in range(20_000)]
     )
     mean = draws.mean(0)
     print(f"x = {one.numpy().round(3)}\nmean over 20,000 masks at p = 0.3: {mean.numpy().round(3)}")

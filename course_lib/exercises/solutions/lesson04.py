@@ -5,7 +5,7 @@ import torch
 from course_lib.model import Block, GPTConfig
 
 
-def param_count(config: GPTConfig) -> int:
+def param_count(config: GPTConfig, tied: bool = True) -> int:
     C, V, T, L = config.n_embd, config.vocab_size, config.block_size, config.n_layer
     b = 1 if config.bias else 0  # bias=False: no biases anywhere, the LayerNorms' included
 
@@ -15,8 +15,9 @@ def param_count(config: GPTConfig) -> int:
     norm = C + b * C  # a weight, and a bias if any
     attention = linear(C, 3 * C) + linear(C, C)  # c_attn (q|k|v) and c_proj
     mlp = linear(C, 4 * C) + linear(4 * C, C)  # c_fc and c_proj
-    embeddings = V * C + T * C  # wte (shared with lm_head) and wpe
-    return embeddings + L * (norm + attention + norm + mlp) + norm  # ln_1, ln_2 ... ln_f
+    positions = T * C if config.positions == "learned" else 0  # a sinusoidal table is computed
+    head = 0 if tied else V * C  # tied: the head is wte; untied: a matrix of its own, no bias
+    return V * C + positions + L * (norm + attention + norm + mlp) + norm + head  # ... ln_f
 
 
 def parallel_forward(block: Block, x: torch.Tensor) -> torch.Tensor:

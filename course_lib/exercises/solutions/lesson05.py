@@ -1,19 +1,27 @@
 """Solutions to the exercises of Lesson 05 (notebooks/05_pretraining.ipynb)."""
 
-import math
-
 import torch
 
+from course_lib.model import GPT
 
-def lr_schedule(
-    step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int
+
+def accumulated_step(
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro_batches: int,
+    grad_clip: float,
 ) -> float:
-    if step < warmup_steps:  # linear warm-up; step 0 is an update too, so it gets max_lr / warmup
-        return max_lr * (step + 1) / warmup_steps
-    if step >= max_steps:  # training on past the schedule: stay at the floor
-        return min_lr
-    p = (step - warmup_steps) / (max_steps - warmup_steps)  # 0 -> 1 over the decay
-    return min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * p)) / 2
+    optimizer.zero_grad(set_to_none=True)  # once per update: the last batch's gradients go
+    total = 0.0
+    for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+        loss = model(xm, ym).loss / micro_batches  # the sum of these is the batch's mean loss
+        loss.backward()  # adds to the gradients of the micro-batches before
+        total += loss.item()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # the whole batch's gradient
+    optimizer.step()
+    return total
 
 
 def batch_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
